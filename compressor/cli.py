@@ -1,0 +1,155 @@
+"""``compress``: parse options, run the job, render the report. Nothing else lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from compressor.errors import CompressorError
+from compressor.job import Job, run_job
+from compressor.report import summary_table, targets_table
+from compressor.state import PassRecord
+
+
+class RichUI:
+    """Spinners and one line per finished step, on stderr (stdout carries the result)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    @contextlib.contextmanager
+    def step(self, text: str) -> Iterator[None]:
+        start = time.perf_counter()
+        with self.console.status(text):
+            yield
+        self.console.print(f"[green]✓[/] {text} [dim]({time.perf_counter() - start:.1f}s)[/]")
+
+    def before_pass(self, name: str, state: Any) -> None:
+        self._status = self.console.status(f"pass {name}")
+        self._status.start()
+
+    def after_pass(self, name: str, state: Any, record: PassRecord) -> None:
+        self._status.stop()
+        metric = "" if record.metric is None else f", metric {record.metric:.4g}"
+        self.console.print(
+            f"[green]✓[/] pass {name}: sparsity {record.sparsity:.1%}, "
+            f"{record.nonzeros:,}/{record.params:,} nonzero{metric} [dim]({record.seconds:.1f}s)[/]"
+        )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    default=("cpu",),
+    show_default=True,
+    help="Device to lower for (repeatable): cpu.",
+)
+@click.option(
+    "--backend",
+    default="all",
+    show_default=True,
+    help="Backend per target: onnxruntime, or all the target supports.",
+)
+@click.option(
+    "--recipe", help="Pass pipeline: a YAML file or YAML text, e.g. '[magnitude-prune: {sparsity: 0.9}]'."
+)
+@click.option("--sparsity", type=float, help="Fraction of weights to prune, in [0, 1) (default 0.5).")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=".npz or .pt with x_train, y_train, x_val, y_val: enables the metric.",
+)
+@click.option("--loss", help="Override the loss inferred from the data: cross-entropy or mse.")
+@click.option("--metric", help="Override the metric: accuracy, perplexity or mse.")
+@click.option("--input-shape", help="Example input shape(s) where the file has none: 1x64, 1x32:int64, a,b.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output folder (default: MODEL's name + '-compressed', beside it).",
+)
+@click.option("--no-measure", is_flag=True, help="Build and verify only; skip latency.")
+@click.option(
+    "--trust-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs code from the file)."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for verification inputs and passes."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout instead of tables.")
+def compress(
+    model: Path,
+    targets: tuple[str, ...],
+    backend: str,
+    recipe: str | None,
+    sparsity: float | None,
+    data: Path | None,
+    loss: str | None,
+    metric: str | None,
+    input_shape: str | None,
+    out: Path | None,
+    no_measure: bool,
+    trust_pickle: bool,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Prune MODEL, lower it for each target, verify it against torch and measure its latency."""
+    if sparsity is not None:
+        from passes.magnitude_prune import check_sparsity
+
+        check_sparsity(sparsity, "--sparsity")
+    job = Job(
+        model=model,
+        targets=targets,
+        backend=backend,
+        recipe=recipe,
+        sparsity=sparsity,
+        data=data,
+        loss=loss,
+        metric=metric,
+        input_shape=input_shape,
+        out=out,
+        measure=not no_measure,
+        trust_pickle=trust_pickle,
+        seed=seed,
+    )
+    report = run_job(job, RichUI(Console(stderr=True)))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    if not console.is_terminal:
+        console.width = 120
+    console.print(summary_table(report))
+    console.print(targets_table(report))
+    console.print(f"wrote {job.out_dir}")
+
+
+def main() -> None:
+    """Entry point: every failure is one line on stderr and a non-zero exit."""
+    try:
+        compress.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        sys.exit(_fail("aborted", 130))
+    except click.ClickException as e:
+        sys.exit(_fail(f"{e.format_message()} (see compress --help)", 2))
+    except CompressorError as e:
+        sys.exit(_fail(str(e), 1))
+    except KeyboardInterrupt:
+        sys.exit(_fail("interrupted; no output was written", 130))
+
+
+def _fail(message: str, code: int) -> int:
+    click.echo(f"error: {message}", err=True)
+    return code

@@ -1,0 +1,117 @@
+"""The ``compress`` job: load -> passes -> lower per target/backend -> verify -> measure -> report.
+
+Straight-line, one step per line; the CLI only parses options into a ``Job`` and renders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from compressor.data import load_task
+from compressor.errors import ConfigError
+from compressor.modelio import load_model, parse_input_shapes, save_exported
+from compressor.output import check_output_dir, output_dir
+from compressor.pipeline import Instrument, PassContext, Pipeline
+from compressor.recipe import load_recipe, parse
+from compressor.report import build_report, target_entry
+
+DEFAULT_SPARSITY = 0.5
+
+
+class UI(Instrument, Protocol):
+    """Progress display: a named step, plus the pipeline's instrument hooks."""
+
+    def step(self, text: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+class QuietUI:
+    @contextlib.contextmanager
+    def step(self, text: str) -> Iterator[None]:
+        yield
+
+    def before_pass(self, name: str, state: Any) -> None:
+        pass
+
+    def after_pass(self, name: str, state: Any, record: Any) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Job:
+    model: Path
+    targets: tuple[str, ...] = ("cpu",)
+    backend: str = "all"
+    recipe: str | None = None
+    sparsity: float | None = None
+    data: Path | None = None
+    loss: str | None = None
+    metric: str | None = None
+    input_shape: str | None = None
+    out: Path | None = None
+    measure: bool = True
+    trust_pickle: bool = False
+    seed: int = 0
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out or self.model.with_name(f"{self.model.stem}-compressed")
+
+    def pipeline(self) -> Pipeline:
+        if self.recipe is not None and self.sparsity is not None:
+            raise ConfigError("give --recipe or --sparsity, not both (put the sparsity in the recipe)")
+        if self.recipe is not None:
+            return load_recipe(self.recipe)
+        sparsity = DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
+        return parse(f"[magnitude-prune: {{sparsity: {sparsity!r}}}]")
+
+    def pairs(self) -> list[tuple[str, str]]:
+        import targets
+
+        return [(t, b) for t in dict.fromkeys(self.targets) for b in targets.backends_for(t, self.backend)]
+
+
+def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
+    """Run ``job``; write its output folder; return the report. Raises ``CompressorError``."""
+    import passes  # noqa: F401  (register)
+    import targets
+
+    ui = ui or QuietUI()
+    # Check every option before any slow step.
+    pipeline = job.pipeline()
+    pairs = job.pairs()
+    shapes = parse_input_shapes(job.input_shape) if job.input_shape else None
+    check_output_dir(job.out_dir)
+
+    with ui.step("loading the model"):
+        task = load_task(job.data, job.loss, job.metric) if job.data else None
+        original = load_model(job.model, trust_pickle=job.trust_pickle, input_shapes=shapes, task=task)
+        metric_before = original.evaluate()
+    final = pipeline.apply(original, PassContext(seed=job.seed, instruments=(ui,))).state
+
+    entries = []
+    with output_dir(job.out_dir) as out, tempfile.TemporaryDirectory() as scratch:
+        with ui.step("saving the compressed model (torch.export)"):
+            save_exported(final, out / "model.pt2")
+            (out / "recipe.yaml").write_text(str(pipeline))
+        for target, backend in pairs:
+            with ui.step(f"{target}/{backend}: lowering and verifying"):
+                compiled = targets.lower(final, target, backend, out / f"{target}-{backend}")
+                compiled.verify(seed=job.seed)
+            dense_latency = latency = None
+            if job.measure:
+                with ui.step(f"{target}/{backend}: lowering and verifying the dense model"):
+                    dense = targets.lower(original, target, backend, Path(scratch) / f"{target}-{backend}")
+                    dense.verify(seed=job.seed)
+                with ui.step(f"{target}/{backend}: measuring latency (compressed and dense, interleaved)"):
+                    timed = targets.measure({"model": compiled.timer(), "dense": dense.timer()})
+                latency, dense_latency = timed["model"], timed["dense"]
+            entries.append(target_entry(compiled, out, latency, dense_latency))
+        report = build_report(job, original, final, metric_before, pipeline, entries)
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

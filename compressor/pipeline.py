@@ -1,0 +1,104 @@
+"""The pass protocol and the pipeline, which is itself a pass.
+
+A pass is anything with a ``name`` and an ``apply(state, ctx) -> PassResult`` (LLVM's new pass
+manager: no base class to inherit). The pipeline times each pass and records parameters,
+nonzeros, sparsity and the task metric after it; instruments observe every pass from outside.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from compressor.errors import CompressorError, PassError
+from compressor.state import PassRecord, State
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """A pass's new state and what it changed (for the report), e.g. per-layer sparsity."""
+
+    state: State
+    changes: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Instrument(Protocol):
+    """Hooks run around every pass (progress display, dumps), never inside a pass."""
+
+    def before_pass(self, name: str, state: State) -> None: ...
+
+    def after_pass(self, name: str, state: State, record: PassRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """Settings shared by all passes of one run."""
+
+    seed: int = 0
+    instruments: tuple[Instrument, ...] = ()
+
+
+@runtime_checkable
+class Pass(Protocol):
+    name: ClassVar[str]
+
+    def apply(self, state: State, ctx: PassContext) -> PassResult: ...
+
+
+def record(name: str, seconds: float, state: State, changes: Mapping[str, Any]) -> PassRecord:
+    stats = state.stats()
+    return PassRecord(
+        name=name,
+        seconds=round(seconds, 4),
+        params=stats.params,
+        nonzeros=stats.nonzeros,
+        sparsity=round(stats.sparsity, 6),
+        metric=state.evaluate(),
+        changes=dict(changes),
+    )
+
+
+@dataclass(frozen=True, init=False)
+class Pipeline:
+    """Runs passes in order; ``str(pipeline)`` is its recipe and ``recipe.parse`` reads it back."""
+
+    name: ClassVar[str] = "pipeline"
+    passes: tuple[Pass, ...]
+
+    def __init__(self, passes: Iterable[Pass]) -> None:
+        object.__setattr__(self, "passes", tuple(passes))
+
+    def apply(self, state: State, ctx: PassContext) -> PassResult:
+        ran: list[str] = []
+        for p in self.passes:
+            for instrument in ctx.instruments:
+                instrument.before_pass(p.name, state)
+            start = time.perf_counter()
+            try:
+                result = p.apply(state, ctx)
+            except CompressorError as e:
+                raise type(e)(f"{_where(p.name, ran)}: {e}") from e
+            except Exception as e:  # a bug or a model the pass cannot handle: name the pass
+                raise PassError(f"{_where(p.name, ran)}: {type(e).__name__}: {e}") from e
+            rec = record(p.name, time.perf_counter() - start, result.state, result.changes)
+            state = result.state.replace(history=(*result.state.history, rec))
+            for instrument in ctx.instruments:
+                instrument.after_pass(p.name, state, rec)
+            ran.append(p.name)
+        return PassResult(state, {"passes": ran})
+
+    def run(self, state: State, ctx: PassContext | None = None) -> State:
+        """Apply the pipeline and return the final state (``history`` holds the records)."""
+        return self.apply(state, ctx or PassContext()).state
+
+    def __str__(self) -> str:
+        from compressor.recipe import format_recipe
+
+        return format_recipe(self)
+
+
+def _where(name: str, ran: list[str]) -> str:
+    before = f" after [{', '.join(ran)}]" if ran else " (first pass)"
+    return f"pass {name!r} failed{before}"

@@ -1,0 +1,106 @@
+"""report.json (the contract in DESIGN.md) and its terminal table."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from compressor.state import State, layer_sparsity
+
+if TYPE_CHECKING:
+    from compressor.job import Job
+    from compressor.pipeline import Pipeline
+    from targets.base import Compiled
+    from targets.measure import Latency
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def target_entry(
+    compiled: Compiled, out: Path, latency: Latency | None, dense: Latency | None
+) -> dict[str, Any]:
+    assert compiled.verification is not None, "verify before reporting"
+    return {
+        "target": compiled.target.name,
+        "backend": compiled.backend,
+        "artifact": str(compiled.artifact.relative_to(out)),
+        "verified": True,
+        "max_abs_error": compiled.verification.max_abs_error,
+        "tolerance": compiled.verification.tolerance,
+        "verify_trials": compiled.verification.trials,
+        "latency_ms": latency.to_json() if latency else None,
+        "dense_latency_ms": dense.to_json() if dense else None,
+        "speedup": round(dense.median / latency.median, 4) if latency and dense else None,
+        "threads": compiled.runner.threads,
+        "emulated": compiled.target.emulated,
+    }
+
+
+def build_report(
+    job: Job,
+    original: State,
+    final: State,
+    metric_before: float | None,
+    pipeline: Pipeline,
+    entries: list[dict[str, Any]],
+) -> dict[str, Any]:
+    before, after = original.stats(), final.stats()
+    return {
+        "model": str(job.model),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "recipe": str(pipeline),
+        "params_before": before.params,
+        "params_after": after.params,
+        "nonzero_after": after.nonzeros,
+        "sparsity": round(after.sparsity, 6),
+        "compression": round(before.params / max(after.nonzeros, 1), 4),
+        "metric": final.task.metric if final.task else None,
+        "metric_before": metric_before,
+        "metric_after": final.evaluate(),
+        "layer_sparsity": layer_sparsity(final.module),
+        "passes": [r.to_json() for r in final.history],
+        "targets": entries,
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "versions": {p: _version(p) for p in ("compressor", "torch", "onnxruntime", "onnx", "apache-tvm")},
+    }
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"compress {report['model']}", title_justify="left")
+    for column in ("", "before", "after"):
+        table.add_column(column, justify="right")
+    table.add_row("parameters", f"{report['params_before']:,}", f"{report['params_after']:,}")
+    table.add_row("nonzeros", "", f"{report['nonzero_after']:,} ({report['compression']:.2f}x fewer)")
+    table.add_row("sparsity", "", f"{report['sparsity']:.1%}")
+    if report["metric"]:
+        table.add_row(report["metric"], f"{report['metric_before']:.4g}", f"{report['metric_after']:.4g}")
+    return table
+
+
+def targets_table(report: dict[str, Any]) -> Table:
+    table = Table(title="targets (latency in ms; p10-p90 of the compressed model)", title_justify="left")
+    for column in ("target/backend", "verified", "max err", "latency", "p10-p90", "dense", "speedup"):
+        table.add_column(column, justify="left" if column == "target/backend" else "right")
+    for t in report["targets"]:
+        lat, dense = t["latency_ms"], t["dense_latency_ms"]
+        table.add_row(
+            f"{t['target']}/{t['backend']}" + (" (emulated)" if t["emulated"] else ""),
+            str(t["verified"]).lower(),
+            f"{t['max_abs_error']:.1e}",
+            f"{lat['median']:.3g}" if lat else "-",
+            f"{lat['p10']:.3g}-{lat['p90']:.3g}" if lat else "-",
+            f"{dense['median']:.3g}" if dense else "-",
+            f"{t['speedup']:.2f}x" if t["speedup"] else "-",
+        )
+    return table
