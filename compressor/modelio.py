@@ -177,7 +177,9 @@ def _check_archive_is_data_only(path: Path) -> None:
                         pickled.append(member)
         for member in pickled:
             try:
-                torch.load(io.BytesIO(z.read(member)), weights_only=True)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.load(io.BytesIO(z.read(member)), weights_only=True)
             except Exception:
                 raise ModelLoadError(
                     f"{str(path)!r} holds pickled Python objects ({member}) that run code when "

@@ -50,8 +50,21 @@ def load_recipe(file_or_text: str) -> Pipeline:
     return parse(file_or_text)
 
 
-def format_recipe(pipeline: Pipeline) -> str:
-    return yaml.safe_dump(_entries(pipeline), default_flow_style=None, sort_keys=False)
+def format_recipe(pipeline: Pipeline, indent: str = "") -> str:
+    """One line per pass, arguments in YAML flow style; nested pipelines indented."""
+    lines = []
+    for p in pipeline.passes:
+        if isinstance(p, Pipeline):
+            lines.append(f"{indent}- {Pipeline.name}:\n{format_recipe(p, indent + '  ')}")
+            continue
+        args = {
+            f.name: _plain(getattr(p, f.name))
+            for f in dataclasses.fields(p)
+            if f.init and getattr(p, f.name) != _default(f)
+        }
+        flow = yaml.safe_dump(args, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
+        lines.append(f"{indent}- {p.name}: {flow}\n" if args else f"{indent}- {p.name}\n")
+    return "".join(lines)
 
 
 def _build(entry: Any) -> Pass:
@@ -81,21 +94,6 @@ def _build(entry: Any) -> Pass:
         return cls(**args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad arguments for pass {name!r}: {e}") from None
-
-
-def _entries(pipeline: Pipeline) -> list[Any]:
-    out: list[Any] = []
-    for p in pipeline.passes:
-        if isinstance(p, Pipeline):
-            out.append({Pipeline.name: _entries(p)})
-            continue
-        args = {
-            f.name: _plain(getattr(p, f.name))
-            for f in dataclasses.fields(p)
-            if f.init and getattr(p, f.name) != _default(f)
-        }
-        out.append({p.name: args} if args else p.name)
-    return out
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

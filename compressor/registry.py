@@ -13,8 +13,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps kebab-case names to registered objects (pass classes, targets, backends, models)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -31,7 +32,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._items:
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; known {self.kind}s are: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; known {self.plural} are: {', '.join(self.names())}"
             )
         return self._items[name]
 
@@ -45,7 +46,7 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-PASSES: Registry[type] = Registry("pass")
+PASSES: Registry[type] = Registry("pass", "passes")
 """Pass classes by recipe name; filled by importing the ``passes`` package."""
 
 ARCHITECTURES: Registry = Registry("architecture")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,9 @@ def write_all(name: str, out: Path, seed: int = 0) -> float:
     accuracy = train(module, data, epochs, lr, seed)
     example = (torch.from_numpy(data["x_val"][:1]),)
     save_checkpoint(out / f"{name}.pt", arch, config, module, example)
-    torch.export.save(torch.export.export(module, example), out / f"{name}.pt2")
+    with warnings.catch_warnings():  # nn.LSTM's flat-weights notice during export
+        warnings.simplefilter("ignore", UserWarning)
+        torch.export.save(torch.export.export(module, example), out / f"{name}.pt2")
     torch.save(module, out / f"{name}_pickled.pt")
     pruned = copy.deepcopy(module)
     for sub in pruned.modules():

@@ -78,13 +78,13 @@ class MagnitudePrune:
         masks = dict(state.masks)
         by_layer = {fqn: s for fqn, s in targets.items() if s is not None}
         for fqn, target in by_layer.items():
-            masks[fqn] = ~smallest(scores[fqn], round(target * scores[fqn].numel()))
+            masks[fqn] = self._keep(state, fqn, ~smallest(scores[fqn], round(target * scores[fqn].numel())))
         pooled = [fqn for fqn in weights if fqn not in by_layer]
         if pooled:
             flat = torch.cat([scores[fqn].flatten() for fqn in pooled])
             pruned = smallest(flat, round(self.sparsity * flat.numel()))
             for fqn, part in zip(pooled, pruned.split([scores[f].numel() for f in pooled]), strict=True):
-                masks[fqn] = ~part.view_as(scores[fqn])
+                masks[fqn] = self._keep(state, fqn, ~part.view_as(scores[fqn]))
         apply_masks(state.module, masks)
         changed = {fqn: s for fqn, s in layer_sparsity(state.module).items() if fqn in weights}
         return PassResult(state.replace(masks=masks), {"layer_sparsity": changed})
@@ -94,6 +94,11 @@ class MagnitudePrune:
             if fnmatch(fqn, pattern):
                 return value
         return self.sparsity if self.scope == "layer" else None
+
+    @staticmethod
+    def _keep(state: State, fqn: str, keep: torch.Tensor) -> torch.Tensor:
+        old = state.masks.get(fqn)
+        return keep if old is None else keep & old
 
     @staticmethod
     def _scores(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,34 @@
+"""Shared fixtures: the example models trained once per session, in every format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressor import State
+from models.train import write_all
+from models.zoo import LeNet300, LSTMClassifier
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``models.train`` output: lenet300/lstm as .pt, .pt2, _pickled.pt, _prune.pt + data."""
+    out = tmp_path_factory.mktemp("zoo")
+    for name in ("lenet300", "lstm"):
+        accuracy = write_all(name, out)
+        assert accuracy > 90.0, f"{name} trained to only {accuracy:.1f}% on digits"
+    return out
+
+
+@pytest.fixture
+def lenet_state() -> State:
+    torch.manual_seed(0)
+    return State(module=LeNet300().eval(), example_inputs=(torch.rand(1, 64),))
+
+
+@pytest.fixture
+def lstm_state() -> State:
+    torch.manual_seed(0)
+    return State(module=LSTMClassifier(hidden=32).eval(), example_inputs=(torch.rand(2, 8, 8),))

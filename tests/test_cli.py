@@ -1,0 +1,183 @@
+"""The ``compress`` command: the README demo, the report contract and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressor.cli import main
+
+REPORT_KEYS = {
+    "params_before",
+    "params_after",
+    "nonzero_after",
+    "sparsity",
+    "metric_before",
+    "metric_after",
+    "passes",
+    "targets",
+}
+PASS_KEYS = {"name", "seconds", "sparsity", "params", "metric"}
+TARGET_KEYS = {
+    "target",
+    "backend",
+    "artifact",
+    "verified",
+    "max_abs_error",
+    "latency_ms",
+    "dense_latency_ms",
+    "speedup",
+    "emulated",
+}
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["compress", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def test_demo_writes_a_verified_measured_report(zoo: Path, tmp_path: Path) -> None:
+    """The README's first command, through the installed console script."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            shutil.which("compress") or "compress",
+            str(zoo / "lenet300.pt"),
+            "--sparsity",
+            "0.9",
+            "--data",
+            str(zoo / "digits.npz"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cpu/onnxruntime" in result.stdout and "true" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report.keys() >= REPORT_KEYS
+    assert report["params_before"] == report["params_after"] == 50_610
+    assert 0.88 < report["sparsity"] < 0.9
+    assert report["metric_before"] > 90.0 and report["metric_after"] is not None
+    assert all(p.keys() >= PASS_KEYS for p in report["passes"])
+    (entry,) = report["targets"]
+    assert entry.keys() >= TARGET_KEYS
+    assert entry["verified"] is True and entry["max_abs_error"] < 1e-4 and entry["emulated"] is False
+    for key in ("latency_ms", "dense_latency_ms"):
+        assert entry[key]["runs"] >= 30 and entry[key]["median"] > 0
+    assert entry["speedup"] == pytest.approx(
+        entry["dense_latency_ms"]["median"] / entry["latency_ms"]["median"], rel=1e-3
+    )
+    assert (out / entry["artifact"]).is_file() and (out / "model.pt2").is_file()
+    reloaded = torch.export.load(out / "model.pt2").module()
+    nonzeros = sum(int(torch.count_nonzero(p)) for p in reloaded.parameters())
+    assert nonzeros == report["nonzero_after"]
+
+
+def test_lstm_with_last_step_indexing_verifies(zoo: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(
+        monkeypatch,
+        capsys,
+        str(zoo / "lstm.pt"),
+        "--sparsity",
+        "0.8",
+        "--no-measure",
+        "--json",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 0
+    report = json.loads(out)
+    (entry,) = report["targets"]
+    assert entry["verified"] is True and entry["max_abs_error"] < 1e-4
+    assert entry["latency_ms"] is None and entry["speedup"] is None
+
+
+def test_recipe_and_default_output_folder(zoo: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    model = tmp_path / "m.pt2"
+    shutil.copy(zoo / "lenet300.pt2", model)
+    recipe = "[magnitude-prune: {sparsity: 0.7, scope: layer}]"
+    code, _, err = run_cli(monkeypatch, capsys, str(model), "--recipe", recipe, "--no-measure")
+    assert code == 0, err
+    report = json.loads((tmp_path / "m-compressed" / "report.json").read_text())
+    assert set(report["layer_sparsity"].values()) == {0.7}
+    assert report["recipe"] == "- magnitude-prune: {sparsity: 0.7, scope: layer}\n"
+    # A second good run replaces the first.
+    code, _, err = run_cli(monkeypatch, capsys, str(model), "--sparsity", "0.2", "--no-measure")
+    assert code == 0, err
+    report = json.loads((tmp_path / "m-compressed" / "report.json").read_text())
+    assert report["recipe"] == "- magnitude-prune: {sparsity: 0.2}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-compressed", "m.pt2"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['PAYLOAD_MARKER']}",))
+
+
+BAD = {
+    "missing file": ([], "does not exist", "missing"),
+    "truncated file": ([], "truncated, corrupt", "truncated"),
+    "random bytes": ([], "truncated, corrupt", "random"),
+    "pickled module": ([], "--trust-pickle", "pickled"),
+    "sparsity 1.5": (["--sparsity", "1.5"], r"--sparsity must be a number in \[0, 1\)", None),
+    "sparsity -0.1": (["--sparsity", "-0.1"], r"--sparsity must be a number in \[0, 1\)", None),
+    "unknown target": (["--target", "tpu"], "unknown target 'tpu'; known targets are: cpu", None),
+    "unknown backend": (["--backend", "tensorrt"], "unknown backend 'tensorrt'", None),
+    "unknown recipe pass": (["--recipe", "[shrink-it]"], "unknown pass 'shrink-it'; known passes", None),
+    "malformed recipe": (["--recipe", "[magnitude-prune: {sparsity: 0.9]"], "malformed recipe", None),
+    "bad input shape": (["--input-shape", "1xbx8"], "bad --input-shape '1xbx8'", None),
+    "input shape misfit": (["--input-shape", "1x5"], "--input-shape 1x5 does not fit the model", None),
+    "recipe and sparsity": (["--recipe", "[magnitude-prune]", "--sparsity", "0.5"], "not both", None),
+    "unknown option": (["--sparsty", "0.5"], "No such option '--sparsty'", None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input(case: str, zoo: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    args, message, kind = BAD[case]
+    model = tmp_path / "model.pt"
+    good = (zoo / "lenet300.pt").read_bytes()
+    marker = tmp_path / "payload-ran"
+    if kind == "truncated":
+        model.write_bytes(good[: len(good) // 3])
+    elif kind == "random":
+        model.write_bytes(os.urandom(10_000))
+    elif kind == "pickled":
+        monkeypatch.setenv("PAYLOAD_MARKER", str(marker))
+        model.write_bytes(pickle.dumps(Payload()))
+    elif kind is None:
+        model.write_bytes(good)
+    code, out, err = run_cli(monkeypatch, capsys, str(model), "--no-measure", *args)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(message, lines[0]), lines[0]
+    assert out == ""
+    assert not marker.exists()
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == ([] if kind == "missing" else ["model.pt"])
+
+
+def test_out_that_is_not_ours_is_never_replaced(zoo: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("keep me")
+    code, _, err = run_cli(monkeypatch, capsys, str(zoo / "lenet300.pt"), "--out", str(out))
+    assert code != 0 and "is not an earlier compress output" in err
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
