@@ -122,13 +122,11 @@ def compress(
         trust_pickle=trust_pickle,
         seed=seed,
     )
-    report = run_job(job, RichUI(Console(stderr=True)))
+    report = run_job(job, RichUI(Console(stderr=True, width=None if sys.stderr.isatty() else 120)))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    console = Console()
-    if not console.is_terminal:
-        console.width = 120
+    console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(summary_table(report))
     console.print(targets_table(report))
     console.print(f"wrote {job.out_dir}")
