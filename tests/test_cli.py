@@ -54,7 +54,7 @@ def test_demo_writes_a_verified_measured_report(zoo: Path, tmp_path: Path) -> No
     out = tmp_path / "out"
     result = subprocess.run(
         [
-            shutil.which("compress") or "compress",
+            str(Path(sys.executable).with_name("compress")),
             str(zoo / "lenet300.pt"),
             "--sparsity",
             "0.9",
