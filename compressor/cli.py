@@ -12,11 +12,38 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from compressor.errors import CompressorError
 from compressor.job import Job, run_job
 from compressor.report import summary_table, targets_table
 from compressor.state import PassRecord
+
+
+class RichBar:
+    """A transient rich progress bar showing the latest loss / metric."""
+
+    def __init__(self, console: Console, description: str, total: int) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=True,
+        )
+        self.task = self.bar.add_task(description, total=total, info="")
+        self.info: dict[str, float] = {}
+        self.bar.start()
+
+    def update(self, advance: int = 1, **info: float) -> None:
+        self.info.update(info)
+        text = " ".join(f"{k} {v:.4g}" for k, v in self.info.items())
+        self.bar.update(self.task, advance=advance, info=text)
+
+    def close(self) -> None:
+        self.bar.stop()
 
 
 class RichUI:
@@ -32,12 +59,13 @@ class RichUI:
             yield
         self.console.print(f"[green]✓[/] {text} [dim]({time.perf_counter() - start:.1f}s)[/]")
 
+    def progress(self, description: str, total: int) -> RichBar:
+        return RichBar(self.console, description, total)
+
     def before_pass(self, name: str, state: Any) -> None:
-        self._status = self.console.status(f"pass {name}")
-        self._status.start()
+        pass
 
     def after_pass(self, name: str, state: Any, record: PassRecord) -> None:
-        self._status.stop()
         metric = "" if record.metric is None else f", metric {record.metric:.4g}"
         self.console.print(
             f"[green]✓[/] pass {name}: sparsity {record.sparsity:.1%}, "
@@ -79,6 +107,7 @@ class RichUI:
     help="Output folder (default: MODEL's name + '-compressed', beside it).",
 )
 @click.option("--no-measure", is_flag=True, help="Build and verify only; skip latency.")
+@click.option("--plot", is_flag=True, help="Render the passes' schedules and analyses as PNGs in OUT/plots.")
 @click.option(
     "--trust-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs code from the file)."
 )
@@ -98,13 +127,14 @@ def compress(
     input_shape: str | None,
     out: Path | None,
     no_measure: bool,
+    plot: bool,
     trust_pickle: bool,
     seed: int,
     as_json: bool,
 ) -> None:
     """Prune MODEL, lower it for each target, verify it against torch and measure its latency."""
     if sparsity is not None:
-        from passes.magnitude_prune import check_sparsity
+        from passes.common import check_sparsity
 
         check_sparsity(sparsity, "--sparsity")
     job = Job(
@@ -119,6 +149,7 @@ def compress(
         input_shape=input_shape,
         out=out,
         measure=not no_measure,
+        plot=plot,
         trust_pickle=trust_pickle,
         seed=seed,
     )

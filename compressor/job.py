@@ -17,7 +17,8 @@ from compressor.data import load_task
 from compressor.errors import ConfigError
 from compressor.modelio import load_model, parse_input_shapes, save_exported
 from compressor.output import check_output_dir, output_dir
-from compressor.pipeline import Instrument, PassContext, Pipeline
+from compressor.pipeline import Instrument, PassContext, Pipeline, Progress, no_progress
+from compressor.plots import write_plots, write_tables
 from compressor.recipe import load_recipe, parse
 from compressor.report import build_report, target_entry
 
@@ -25,12 +26,16 @@ DEFAULT_SPARSITY = 0.5
 
 
 class UI(Instrument, Protocol):
-    """Progress display: a named step, plus the pipeline's instrument hooks."""
+    """Progress display: named steps, progress bars for passes, and the instrument hooks."""
 
     def step(self, text: str) -> contextlib.AbstractContextManager[None]: ...
 
+    def progress(self, description: str, total: int) -> Progress: ...
+
 
 class QuietUI:
+    progress = staticmethod(no_progress)
+
     @contextlib.contextmanager
     def step(self, text: str) -> Iterator[None]:
         yield
@@ -55,6 +60,7 @@ class Job:
     input_shape: str | None = None
     out: Path | None = None
     measure: bool = True
+    plot: bool = False
     trust_pickle: bool = False
     seed: int = 0
 
@@ -76,9 +82,15 @@ class Job:
         return [(t, b) for t in dict.fromkeys(self.targets) for b in targets.backends_for(t, self.backend)]
 
 
+def is_main_process() -> bool:
+    """False on the ranks other than 0 of a ``torchrun`` launch."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0)
+
+
 def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
     """Run ``job``; write its output folder; return the report. Raises ``CompressorError``."""
-    import passes  # noqa: F401  (register)
     import targets
 
     ui = ui or QuietUI()
@@ -92,13 +104,21 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
         task = load_task(job.data, job.loss, job.metric) if job.data else None
         original = load_model(job.model, trust_pickle=job.trust_pickle, input_shapes=shapes, task=task)
         metric_before = original.evaluate()
-    final = pipeline.apply(original, PassContext(seed=job.seed, instruments=(ui,))).state
+    final = pipeline.apply(
+        original, PassContext(seed=job.seed, instruments=(ui,), progress=ui.progress)
+    ).state
+    if not is_main_process():  # under torchrun only rank 0 writes
+        return {}
 
     entries = []
     with output_dir(job.out_dir) as out, tempfile.TemporaryDirectory() as scratch:
         with ui.step("saving the compressed model (torch.export)"):
             save_exported(final, out / "model.pt2")
             (out / "recipe.yaml").write_text(str(pipeline))
+            write_tables(final.history, out / "tables")
+        if job.plot:
+            with ui.step("plotting"):
+                write_plots(final.history, out / "plots")
         for target, backend in pairs:
             with ui.step(f"{target}/{backend}: lowering and verifying"):
                 compiled = targets.lower(final, target, backend, out / f"{target}-{backend}")

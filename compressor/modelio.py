@@ -249,8 +249,6 @@ def _take_prune_masks(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _from_checkpoint(path: Path, ckpt: dict[str, Any]) -> tuple[nn.Module, tuple, dict]:
-    import models  # noqa: F401  (architectures register themselves)
-
     name = ckpt.get("architecture")
     if name not in ARCHITECTURES:
         raise ModelLoadError(

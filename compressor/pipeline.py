@@ -8,7 +8,7 @@ nonzeros, sparsity and the task metric after it; instruments observe every pass 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -32,12 +32,33 @@ class Instrument(Protocol):
     def after_pass(self, name: str, state: State, record: PassRecord) -> None: ...
 
 
+class Progress(Protocol):
+    """A progress bar a pass may drive; the CLI draws it, the default draws nothing."""
+
+    def update(self, advance: int = 1, **info: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _NoProgress:
+    def update(self, advance: int = 1, **info: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def no_progress(description: str, total: int) -> Progress:
+    return _NoProgress()
+
+
 @dataclass(frozen=True)
 class PassContext:
     """Settings shared by all passes of one run."""
 
     seed: int = 0
     instruments: tuple[Instrument, ...] = ()
+    progress: Callable[[str, int], Progress] = no_progress
 
 
 @runtime_checkable

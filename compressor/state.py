@@ -27,11 +27,15 @@ def prunable_weights(module: nn.Module) -> dict[str, nn.Parameter]:
     return {fqn: p for fqn, p in module.named_parameters() if p.dim() >= 2}
 
 
-def set_eval(module: nn.Module) -> None:
-    """Put ``module`` in eval mode; modules loaded from ``torch.export`` archives keep the mode
-    they were exported in (they refuse ``eval()``)."""
+def set_train(module: nn.Module, mode: bool = True) -> None:
+    """Put ``module`` in training (or eval) mode; modules loaded from ``torch.export`` archives
+    keep the mode they were exported in (they refuse ``train()``/``eval()``)."""
     with contextlib.suppress(NotImplementedError):
-        module.eval()
+        module.train(mode)
+
+
+def set_eval(module: nn.Module) -> None:
+    set_train(module, False)
 
 
 def apply_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -83,7 +87,10 @@ class PassRecord:
     changes: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The record for report.json; plot data stays out (``--plot`` renders it)."""
+        out = dataclasses.asdict(self)
+        out["changes"] = {k: v for k, v in out["changes"].items() if k != "plots"}
+        return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,156 @@
+"""What a pruning decision removes at once: single weights, r x c blocks, N of every M, or rows.
+
+- ``unstructured``: each weight, scored by |w| (Han et al. 2015).
+- ``RxC`` (e.g. ``1x4``, ``4x1``, ``4x4``): blocks of the weight viewed as a matrix
+  (rows = output units, columns = everything else), scored by the block's max |w|
+  (Narang et al. 2017, "Block-Sparse Recurrent Neural Networks", arXiv:1711.02782).
+- ``N:M`` (e.g. ``2:4``): in every run of M consecutive weights along a row, at most M - N are
+  pruned (the pattern of NVIDIA's sparse tensor cores).
+- ``row`` / ``channel``: whole output units (rows of a Linear or RNN gate matrix, output
+  channels of a Conv), scored by L2 norm: structured pruning, which dead-neuron removal turns
+  into smaller dense layers.
+
+Masks are element masks (True = kept) either way; already-pruned weights stay pruned.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from compressor.errors import ConfigError
+
+GRANULARITIES = "unstructured, RxC blocks (1x4, 4x1, 4x4, ...), N:M (2:4), row, channel"
+
+
+@dataclass(frozen=True)
+class Granularity:
+    kind: str  # "unstructured" | "block" | "nm" | "row"
+    r: int = 1
+    c: int = 1
+
+    @staticmethod
+    def parse(text: str) -> Granularity:
+        text = str(text).strip().lower()
+        if text in ("unstructured", "1x1"):
+            return Granularity("unstructured")
+        if text in ("row", "channel"):
+            return Granularity("row")
+        if m := re.fullmatch(r"([1-9]\d*)x([1-9]\d*)", text):
+            return Granularity("block", int(m[1]), int(m[2]))
+        if (m := re.fullmatch(r"([1-9]\d*):([1-9]\d*)", text)) and int(m[1]) < int(m[2]):
+            return Granularity("nm", int(m[1]), int(m[2]))
+        raise ConfigError(f"unknown granularity {text!r}; use one of: {GRANULARITIES}")
+
+    # --- scores per group -------------------------------------------------------------------
+
+    def group_scores(self, weight: torch.Tensor) -> torch.Tensor:
+        """One score per group; higher = more important."""
+        w = weight.detach().abs().float().reshape(weight.shape[0], -1)
+        if self.kind == "row":
+            return w.norm(dim=1)
+        if self.kind == "block":
+            return F.max_pool2d(w[None, None], (self.r, self.c), ceil_mode=True)[0, 0]
+        return w  # unstructured and N:M score single weights
+
+    def expand(self, group_keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Element mask of ``shape`` from a mask over groups."""
+        rows, cols = shape[0], math.prod(shape[1:])
+        if self.kind == "row":
+            return group_keep[:, None].expand(rows, cols).reshape(shape)
+        if self.kind == "block":
+            full = group_keep.repeat_interleave(self.r, 0).repeat_interleave(self.c, 1)
+            return full[:rows, :cols].reshape(shape)
+        return group_keep.reshape(shape)
+
+    def group_sizes(self, shape: torch.Size) -> torch.Tensor:
+        """Number of weights in each group (edge blocks can be partial)."""
+        ones = torch.ones(shape[0], math.prod(shape[1:]))
+        if self.kind == "row":
+            return ones.sum(1)
+        if self.kind == "block":
+            return F.avg_pool2d(ones[None, None], (self.r, self.c), ceil_mode=True, divisor_override=1)[0, 0]
+        return ones
+
+    # --- masks ------------------------------------------------------------------------------
+
+    def masked_scores(self, weight: torch.Tensor, old: torch.Tensor | None) -> torch.Tensor:
+        """Group scores where already-pruned groups score -1, so they are pruned first."""
+        w = weight if old is None else weight * old
+        scores = self.group_scores(w)
+        if old is not None:
+            dead = ~self.group_scores(old.to(w.dtype)).bool()
+            scores = torch.where(dead, torch.full_like(scores, -1.0), scores)
+        return scores
+
+    def prune_to(
+        self, weight: torch.Tensor, sparsity: float, old: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mask removing about ``sparsity`` of ``weight``'s entries, lowest scores first."""
+        if self.kind == "nm":
+            return self._nm(weight, old, count=min(round(sparsity * self.c), self.c - self.r))
+        return global_masks({"w": weight}, sparsity, self, {"w": old} if old is not None else {})["w"]
+
+    def prune_below(
+        self, weight: torch.Tensor, threshold: float, old: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mask removing every group scoring below ``threshold`` (N:M: at most M - N per run)."""
+        if self.kind == "nm":
+            return self._nm(weight, old, threshold=threshold)
+        keep = self.expand(self.masked_scores(weight, old) >= threshold, weight.shape)
+        return keep if old is None else keep & old
+
+    def _nm(
+        self,
+        weight: torch.Tensor,
+        old: torch.Tensor | None,
+        count: int | None = None,
+        threshold: float | None = None,
+    ) -> torch.Tensor:
+        n, m = self.r, self.c
+        scores = self.masked_scores(weight, old)
+        rows, cols = scores.shape
+        pad = (-cols) % m
+        groups = F.pad(scores, (0, pad), value=float("inf")).reshape(rows, -1, m)
+        rank = groups.argsort(dim=-1).argsort(dim=-1)  # 0 = smallest in its run of m
+        prune = rank < (m - n if count is None else count)
+        if threshold is not None:
+            prune &= groups < threshold
+        keep = (~prune).reshape(rows, -1)[:, :cols].reshape(weight.shape)
+        return keep if old is None else keep & old
+
+
+def global_masks(
+    weights: Mapping[str, torch.Tensor],
+    sparsity: float,
+    granularity: Granularity,
+    old: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Prune ``sparsity`` of all entries of ``weights`` together, lowest-scoring groups first.
+
+    Groups are ranked across layers and taken whole until the requested number of entries is
+    reached, so blocks and rows are never split.
+    """
+    if granularity.kind == "nm":
+        return {k: granularity.prune_to(w, sparsity, old.get(k)) for k, w in weights.items()}
+    scores = {k: granularity.masked_scores(w, old.get(k)) for k, w in weights.items()}
+    sizes = {k: granularity.group_sizes(w.shape) for k, w in weights.items()}
+    flat_scores = torch.cat([s.flatten() for s in scores.values()])
+    flat_sizes = torch.cat([s.flatten() for s in sizes.values()])
+    target = sparsity * float(flat_sizes.sum())
+    order = flat_scores.argsort(stable=True)
+    # Take whole groups, smallest score first, as many as bring the pruned count nearest the target.
+    entries = torch.cat([torch.zeros(1), flat_sizes[order].cumsum(0)])
+    count = int((entries - target).abs().argmin())
+    pruned = torch.zeros(len(order), dtype=torch.bool)
+    pruned[order[:count]] = True
+    masks = {}
+    for (k, s), part in zip(scores.items(), pruned.split([s.numel() for s in scores.values()]), strict=True):
+        keep = granularity.expand(~part.reshape(s.shape), weights[k].shape)
+        masks[k] = keep if k not in old else keep & old[k]
+    return masks
