@@ -65,4 +65,20 @@ class DSD(TrainArgs):
         state, phases["redense"] = train(
             state, self, ctx, lr=self.lr * self.redense_lr_ratio, label="dsd: re-dense", pass_name=self.name
         )
-        return PassResult(state, {"training": phases})
+        return PassResult(state, {"training": phases, "plots": [self._plot(phases)]})
+
+    def _plot(self, phases: dict) -> dict:
+        """Sparsity of the pruned layers and the validation metric per epoch, phase by phase."""
+        epochs, sparsity, metric = [], [], []
+        for phase, summary in phases.items():
+            for record in summary["epochs"]:
+                epochs.append(len(epochs) + 1)
+                sparsity.append(self.sparsity if phase == "sparse" else 0.0)
+                metric.append(record["metric"])
+        return {
+            "title": "dsd (Han 2017): dense -> sparse -> dense",
+            "xlabel": "epoch",
+            "ylabel": "sparsity of DSD's mask",
+            "series": {"sparsity": (epochs, sparsity)},
+            "twin": {"ylabel": "validation metric", "series": {"metric": (epochs, metric)}},
+        }

@@ -87,7 +87,18 @@ class IterativePrune(TrainArgs):
                     "training": summary,
                 }
             )
+        plot = {
+            "title": "iterative-prune (Han 2015): prune-retrain cycles",
+            "xlabel": "cycle",
+            "ylabel": "sparsity",
+            "series": {"sparsity": ([c["cycle"] for c in cycles], [c["sparsity"] for c in cycles])},
+            "twin": {
+                "ylabel": "validation metric after retraining",
+                "series": {"metric": ([c["cycle"] for c in cycles], [c["metric"] for c in cycles])},
+            },
+        }
         changes = {
+            "plots": [plot],
             "cycles": cycles,
             "layer_sparsity": {f: s for f, s in layer_sparsity(state.module).items() if f in weights},
         }
