@@ -2,10 +2,11 @@
 
     python -m models.train --out models/zoo          # a few seconds on 2 cores
 
-Writes, per model NAME (``lenet300``, ``lstm``): ``NAME.pt`` (checkpoint, safe),
+Writes, per model NAME (``lenet300``, ``lstm``, ``lenet5``): ``NAME.pt`` (checkpoint, safe),
 ``NAME.pt2`` (torch.export archive), ``NAME_pickled.pt`` (pickled nn.Module, needs
 --trust-pickle), ``NAME_prune.pt`` (a checkpoint with torch.nn.utils.prune reparametrisations),
-and the data files ``digits.npz`` / ``digits_seq.npz``.
+and the data files ``digits.npz`` / ``digits_seq.npz`` / ``digits_img.npz``.
+The character-level language models train with ``python -m models.train_lm``.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from torch import nn
 from torch.nn.utils import prune
 
 from compressor.modelio import save_checkpoint
+from compressor.registry import ARCHITECTURES
 from models.digits import digits_splits
-from models.zoo import LeNet300, LSTMClassifier
 
 SPECS = {
-    # name: (architecture, config, sequence data, epochs, learning rate)
-    "lenet300": ("lenet-300-100", {}, False, 40, 1e-3),
-    "lstm": ("lstm-classifier", {"hidden": 128}, True, 40, 3e-3),
+    # name: (architecture, config, data layout, epochs, learning rate)
+    "lenet300": ("lenet-300-100", {}, "flat", 40, 1e-3),
+    "lstm": ("lstm-classifier", {"hidden": 128}, "sequence", 40, 3e-3),
+    "lenet5": ("lenet-5", {}, "image", 40, 3e-3),
 }
-BUILDERS = {"lenet-300-100": LeNet300, "lstm-classifier": LSTMClassifier}
+DATA_FILES = {"flat": "digits.npz", "sequence": "digits_seq.npz", "image": "digits_img.npz"}
 
 
 def train(module: nn.Module, data: dict[str, np.ndarray], epochs: int, lr: float, seed: int = 0) -> float:
@@ -50,10 +52,10 @@ def train(module: nn.Module, data: dict[str, np.ndarray], epochs: int, lr: float
 
 
 def write_all(name: str, out: Path, seed: int = 0) -> float:
-    arch, config, sequence, epochs, lr = SPECS[name]
-    data = digits_splits(sequence=sequence)
+    arch, config, layout, epochs, lr = SPECS[name]
+    data = digits_splits(layout)
     torch.manual_seed(seed)
-    module = BUILDERS[arch](**config)
+    module = ARCHITECTURES.get(arch)(**config)
     accuracy = train(module, data, epochs, lr, seed)
     example = (torch.from_numpy(data["x_val"][:1]),)
     save_checkpoint(out / f"{name}.pt", arch, config, module, example)
@@ -63,10 +65,10 @@ def write_all(name: str, out: Path, seed: int = 0) -> float:
     torch.save(module, out / f"{name}_pickled.pt")
     pruned = copy.deepcopy(module)
     for sub in pruned.modules():
-        if isinstance(sub, nn.Linear):
+        if isinstance(sub, (nn.Linear, nn.Conv2d)):
             prune.l1_unstructured(sub, "weight", amount=0.5)
     save_checkpoint(out / f"{name}_prune.pt", arch, config, pruned, example)
-    np.savez_compressed(out / ("digits_seq.npz" if sequence else "digits.npz"), **data)
+    np.savez_compressed(out / DATA_FILES[layout], **data)
     return accuracy
 
 

@@ -36,3 +36,49 @@ class LSTMClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(x)
         return self.fc(out[:, -1])
+
+
+@ARCHITECTURES.register("lenet-5")
+class LeNet5(nn.Module):
+    """LeNet-5 (the CNN of Han et al. 2015) sized for 8x8 digits: two 3x3 conv + max-pool
+    stages (6 and 16 channels), then 64 -> 120 -> 84 -> 10."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 16, 3, padding=1)
+        self.fc1 = nn.Linear(16 * 2 * 2, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.fc1(x.flatten(1)))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class CharLM(nn.Module):
+    """Character-level language model: Embedding -> stacked LSTM or GRU -> Linear over the
+    vocabulary. ``forward`` maps ids (N, T) to next-character logits (N, T, vocab)."""
+
+    def __init__(self, rnn: type[nn.Module], vocab: int, embed: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.rnn = rnn(embed, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(x))
+        return self.head(out)
+
+
+@ARCHITECTURES.register("char-lstm")
+def char_lstm(vocab: int = 98, embed: int = 32, hidden: int = 256, layers: int = 1) -> CharLM:
+    return CharLM(nn.LSTM, vocab, embed, hidden, layers)
+
+
+@ARCHITECTURES.register("char-gru")
+def char_gru(vocab: int = 98, embed: int = 32, hidden: int = 256, layers: int = 1) -> CharLM:
+    return CharLM(nn.GRU, vocab, embed, hidden, layers)

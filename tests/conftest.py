@@ -14,9 +14,9 @@ from models.zoo import LeNet300, LSTMClassifier
 
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``models.train`` output: lenet300/lstm as .pt, .pt2, _pickled.pt, _prune.pt + data."""
+    """``models.train`` output: lenet300/lstm/lenet5 as .pt, .pt2, _pickled.pt, _prune.pt + data."""
     out = tmp_path_factory.mktemp("zoo")
-    for name in ("lenet300", "lstm"):
+    for name in ("lenet300", "lstm", "lenet5"):
         accuracy = write_all(name, out)
         assert accuracy > 90.0, f"{name} trained to only {accuracy:.1f}% on digits"
     return out

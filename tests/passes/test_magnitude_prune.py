@@ -18,7 +18,9 @@ def test_global_prunes_the_smallest_weights_overall(lenet_state: State) -> None:
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     assert zeros == round(0.9 * total)
     kept_min = min(float(w.detach()[w != 0].abs().min()) for w in weights.values() if w.count_nonzero())
-    pruned_max = max(float(lenet_state.module.get_parameter(n)[~out.masks[n]].abs().max()) for n in weights)
+    pruned_max = max(
+        float(lenet_state.module.get_parameter(n).detach()[~out.masks[n]].abs().max()) for n in weights
+    )
     assert pruned_max <= kept_min  # every pruned |w| is below every kept one
     for name, w in weights.items():
         assert torch.equal(w != 0, out.masks[name])
