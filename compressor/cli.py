@@ -71,6 +71,10 @@ class RichUI:
             f"[green]✓[/] pass {name}: sparsity {record.sparsity:.1%}, "
             f"{record.nonzeros:,}/{record.params:,} nonzero{metric} [dim]({record.seconds:.1f}s)[/]"
         )
+        if refused := record.changes.get("refused"):
+            self.console.print(f"[yellow]! pass {name} left the model unchanged: {refused}[/]")
+        if removed := record.changes.get("removed"):
+            self.console.print(f"  removed units: {', '.join(f'{k}: {v}' for k, v in removed.items())}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

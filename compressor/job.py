@@ -123,7 +123,7 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
             with ui.step(f"{target}/{backend}: lowering and verifying"):
                 compiled = targets.lower(final, target, backend, out / f"{target}-{backend}")
                 compiled.verify(seed=job.seed)
-            dense_latency = latency = None
+            dense_latency = latency = dense_bytes = None
             if job.measure:
                 with ui.step(f"{target}/{backend}: lowering and verifying the dense model"):
                     dense = targets.lower(original, target, backend, Path(scratch) / f"{target}-{backend}")
@@ -131,7 +131,8 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
                 with ui.step(f"{target}/{backend}: measuring latency (compressed and dense, interleaved)"):
                     timed = targets.measure({"model": compiled.timer(), "dense": dense.timer()})
                 latency, dense_latency = timed["model"], timed["dense"]
-            entries.append(target_entry(compiled, out, latency, dense_latency))
+                dense_bytes = dense.artifact.stat().st_size
+            entries.append(target_entry(compiled, out, latency, dense_latency, dense_bytes))
         report = build_report(job, original, final, metric_before, pipeline, entries)
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

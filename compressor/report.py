@@ -28,13 +28,19 @@ def _version(package: str) -> str | None:
 
 
 def target_entry(
-    compiled: Compiled, out: Path, latency: Latency | None, dense: Latency | None
+    compiled: Compiled,
+    out: Path,
+    latency: Latency | None,
+    dense: Latency | None,
+    dense_bytes: int | None = None,
 ) -> dict[str, Any]:
     assert compiled.verification is not None, "verify before reporting"
     return {
         "target": compiled.target.name,
         "backend": compiled.backend,
         "artifact": str(compiled.artifact.relative_to(out)),
+        "artifact_bytes": compiled.artifact.stat().st_size,
+        "dense_artifact_bytes": dense_bytes,
         "verified": True,
         "max_abs_error": compiled.verification.max_abs_error,
         "tolerance": compiled.verification.tolerance,

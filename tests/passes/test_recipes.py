@@ -16,6 +16,8 @@ EXAMPLES = {
     "dsd": "{sparsity: 0.4, epochs: 1}",
     "sensitivity": "{sparsities: [0.5, 0.9], max_drop: 5.0}",
     "pipeline": "[magnitude-prune: {sparsity: 0.5}]",
+    "structured-prune": "{sparsity: 0.5, norm: l1}",
+    "remove-dead-neurons": "{}",
 }
 
 
