@@ -26,7 +26,17 @@ from compressor.errors import PassError
 from compressor.pipeline import PassContext, PassResult
 from compressor.registry import PASSES
 from compressor.state import State, set_eval
-from passes.dependency import OUTPUT, RNN_GATES, Analysis, Unit, Unsupported, analyse, rnn_unit_zero
+from passes.dependency import (
+    OUTPUT,
+    RNN_GATES,
+    Analysis,
+    Unit,
+    Unsupported,
+    analyse,
+    directions,
+    rnn_unit_zero,
+    unit_count,
+)
 
 
 @dataclass
@@ -90,8 +100,8 @@ def make_plan(analysis: Analysis) -> Plan:
         count = _out_count(module)
         units = {i for f, i in dead if f == fqn}
         if isinstance(module, tuple(RNN_GATES)):  # a hidden unit goes from every direction at once
-            hidden = module.hidden_size
-            units = {j for j in range(hidden) if all(d * hidden + j in units for d in range(_dirs(module)))}
+            hidden, dirs = module.hidden_size, range(directions(module))
+            units = {j for j in range(hidden) if all(d * hidden + j in units for d in dirs)}
             count = hidden
         if units:
             if len(units) == count:
@@ -168,13 +178,13 @@ def _rnn_verdict(analysis: Analysis, group: frozenset[Unit], positions: list) ->
     hidden = layer.hidden_size
     j = next(iter(group))[1] % hidden
     for layer_index in range(layer.num_layers):
-        for d in range(_dirs(layer)):
+        for d in range(directions(layer)):
             suffix = f"_l{layer_index}" + ("_reverse" if d else "")
             if rnn_unit_zero(layer, layer_index, d, j):
                 continue
             unused = bool((getattr(layer, f"weight_hh{suffix}")[:, j] == 0).all())
             if layer_index + 1 < layer.num_layers:
-                for d2 in range(_dirs(layer)):
+                for d2 in range(directions(layer)):
                     nxt = getattr(layer, f"weight_ih_l{layer_index + 1}" + ("_reverse" if d2 else ""))
                     unused &= bool((nxt[:, d * hidden + j] == 0).all())
             else:
@@ -207,18 +217,9 @@ def _can_fold(consumer: nn.Module) -> bool:
     return False
 
 
-def _dirs(layer: nn.Module) -> int:
-    return 2 if layer.bidirectional else 1
-
-
 def _out_count(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels
-    if isinstance(module, nn.Embedding):
-        return module.embedding_dim
-    return module.hidden_size * _dirs(module)
+    """Output positions: units, times both directions for a bidirectional RNN."""
+    return unit_count(module) * directions(module)
 
 
 # --- applying a plan ---------------------------------------------------------------------------
@@ -328,7 +329,7 @@ def _slice(old: nn.Module, keep_out: list[int] | None, keep_in: list[int] | None
 def _slice_rnn(
     old: nn.Module, keep_out: list[int] | None, keep_in: list[int] | None
 ) -> tuple[nn.Module, dict]:
-    hidden, gates, dirs = old.hidden_size, RNN_GATES[type(old)], _dirs(old)
+    hidden, gates, dirs = old.hidden_size, RNN_GATES[type(old)], directions(old)
     units = keep_out or list(range(hidden))
     cols = keep_in or list(range(old.input_size))
     rows = [g * hidden + j for g in range(gates) for j in units]

@@ -132,6 +132,21 @@ class Analysis:
         return [frozenset(g) for g in out.values()]
 
 
+def unit_count(module: nn.Module) -> int:
+    """Units a producer has: Linear rows, Conv2d channels, Embedding columns, RNN hidden units."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim
+    return module.hidden_size
+
+
+def directions(layer: nn.Module) -> int:
+    return 2 if getattr(layer, "bidirectional", False) else 1
+
+
 class Unsupported(Exception):
     """The model has no graph the analysis can read (the caller refuses with this reason)."""
 

@@ -22,7 +22,7 @@ from compressor.pipeline import PassContext, PassResult
 from compressor.registry import PASSES
 from compressor.state import State, apply_masks, set_eval
 from passes.common import check_sparsity
-from passes.dependency import RNN_GATES, Analysis, Unit, Unsupported, analyse
+from passes.dependency import RNN_GATES, Analysis, Unit, Unsupported, analyse, directions, unit_count
 
 NORMS = ("l1", "l2")
 
@@ -67,7 +67,7 @@ class StructuredPrune:
         pruned = {}
         for fqn, groups in candidates.items():
             module = analysis.modules[fqn]
-            count = min(math.floor(self.sparsity * _unit_count(module)), len(groups))
+            count = min(math.floor(self.sparsity * unit_count(module)), len(groups))
             scores = torch.stack([self._score(fqn, module, g) for g in groups])
             for k in scores.argsort()[:count].tolist():
                 for name, index in _unit_slices(analysis, fqn, module, groups[k]):
@@ -81,16 +81,6 @@ class StructuredPrune:
         rows = [w[index].detach().flatten() for w, index in _incoming(fqn, module, group)]
         values = torch.cat(rows)
         return values.abs().sum() if self.norm == "l1" else values.norm()
-
-
-def _unit_count(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels
-    if isinstance(module, nn.Embedding):
-        return module.embedding_dim
-    return module.hidden_size
 
 
 def _incoming(fqn: str, module: nn.Module, group: frozenset[Unit]) -> list[tuple[torch.Tensor, tuple]]:
@@ -118,7 +108,7 @@ def _unit_slices(
     reads it (downstream layers; for an RNN also its recurrent and next-layer columns)."""
     out = []
     if isinstance(module, tuple(RNN_GATES)):
-        hidden, gates, dirs = module.hidden_size, RNN_GATES[type(module)], 2 if module.bidirectional else 1
+        hidden, gates, dirs = module.hidden_size, RNN_GATES[type(module)], directions(module)
         j = next(iter(group))[1] % hidden
         rows = [g * hidden + j for g in range(gates)]
         for layer in range(module.num_layers):
