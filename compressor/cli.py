@@ -89,9 +89,9 @@ class RichUI:
 )
 @click.option(
     "--backend",
-    default="all",
+    default="default",
     show_default=True,
-    help="Backend per target: onnxruntime, or all the target supports.",
+    help="Backend per target: onnxruntime, tvm (dense, untuned for now), all, or the target's default.",
 )
 @click.option(
     "--recipe", help="Pass pipeline: a YAML file or YAML text, e.g. '[magnitude-prune: {sparsity: 0.9}]'."

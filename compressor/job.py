@@ -51,7 +51,7 @@ class QuietUI:
 class Job:
     model: Path
     targets: tuple[str, ...] = ("cpu",)
-    backend: str = "all"
+    backend: str = "default"
     recipe: str | None = None
     sparsity: float | None = None
     data: Path | None = None

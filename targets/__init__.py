@@ -7,7 +7,7 @@ from pathlib import Path
 from compressor.errors import ConfigError
 from compressor.registry import BACKENDS, TARGETS
 from compressor.state import State
-from targets import cpu, onnxruntime  # noqa: F401  (register)
+from targets import cpu, onnxruntime, tvm  # noqa: F401  (register)
 from targets.base import Compiled, Target
 from targets.measure import Latency, measure
 from targets.verify import Verification, verify
@@ -15,11 +15,13 @@ from targets.verify import Verification, verify
 __all__ = ["Compiled", "Latency", "Target", "Verification", "backends_for", "lower", "measure", "verify"]
 
 
-def backends_for(target: str, backend: str = "all") -> list[str]:
-    """The backends to build for ``target``: one name, or ``all`` of the target's backends."""
+def backends_for(target: str, backend: str = "default") -> list[str]:
+    """The backends to build for ``target``: one name, ``default`` (the target's defaults) or ``all``."""
     usable = TARGETS.get(target).backends
     if backend == "all":
         return list(usable)
+    if backend == "default":
+        return list(TARGETS.get(target).defaults)
     BACKENDS.get(backend)  # unknown names list the known ones
     if backend not in usable:
         raise ConfigError(

@@ -16,11 +16,13 @@ from targets.verify import Verification, verify
 
 @dataclass(frozen=True)
 class Target:
-    """A device kind to lower for. ``backends`` lists the usable ones, preferred first."""
+    """A device kind to lower for. ``backends`` lists the usable ones, preferred first;
+    ``defaults`` those built when no ``--backend`` is given."""
 
     name: str
     description: str
     backends: tuple[str, ...]
+    defaults: tuple[str, ...]
     emulated: bool = False
 
 

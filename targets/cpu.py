@@ -4,5 +4,10 @@ from compressor.registry import TARGETS
 from targets.base import Target
 
 CPU = TARGETS.register("cpu")(
-    Target(name="cpu", description="this host's CPU (x86-64)", backends=("onnxruntime",))
+    Target(
+        name="cpu",
+        description="this host's CPU (x86-64)",
+        backends=("onnxruntime", "tvm"),
+        defaults=("onnxruntime",),  # tvm joins once its kernels are tuned
+    )
 )
