@@ -19,7 +19,7 @@ from compressor.errors import ConfigError
 from compressor.pipeline import PassContext, PassResult
 from compressor.registry import PASSES
 from compressor.state import State, layer_sparsity
-from passes.common import check_sparsity, select_weights
+from passes.common import check_selection, check_sparsity, select_weights
 from passes.granularity import Granularity
 from passes.schedules import agp_sparsity
 from passes.training import TrainArgs, total_steps, train
@@ -47,8 +47,7 @@ class AGPPrune(TrainArgs):
         check_sparsity(self.initial_sparsity, "initial_sparsity")
         if not isinstance(self.freq, int) or self.freq < 1:
             raise ConfigError(f"freq must be a positive integer; got {self.freq!r}")
-        Granularity.parse(self.granularity)
-        object.__setattr__(self, "layers", tuple(self.layers))
+        check_selection(self)
 
     def steps_window(self, total: int) -> tuple[int, int]:
         end = self.end_step if self.end_step is not None else max(self.start_step + 1, int(0.75 * total))

@@ -42,3 +42,11 @@ def matching(fqn: str, by_pattern: Mapping[str, T]) -> T | None:
         if fnmatch(fqn, pattern):
             return value
     return None
+
+
+def check_selection(spec: object) -> None:
+    """Validate a pass's ``granularity`` and freeze its ``layers`` patterns into a tuple."""
+    from passes.granularity import Granularity
+
+    Granularity.parse(spec.granularity)  # type: ignore[attr-defined]
+    object.__setattr__(spec, "layers", tuple(spec.layers))  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -403,7 +403,3 @@ def check_unchanged(before: State, after: State, trials: int = 3) -> None:
                 raise PassError(
                     "removing dead neurons changed the model's outputs; this model is not covered"
                 )
-
-
-def describe(plan: Plan) -> dict[str, Any]:
-    return {"removed": plan.removed, "kept": plan.kept}

@@ -17,7 +17,7 @@ from compressor.errors import ConfigError
 from compressor.pipeline import PassContext, PassResult
 from compressor.registry import PASSES
 from compressor.state import State, apply_masks
-from passes.common import check_sparsity, select_weights
+from passes.common import check_selection, check_sparsity, select_weights
 from passes.granularity import Granularity
 from passes.training import TrainArgs, train
 
@@ -43,8 +43,7 @@ class DSD(TrainArgs):
             raise ConfigError(f"dense_epochs must be a non-negative integer; got {self.dense_epochs!r}")
         if not 0 < self.redense_lr_ratio <= 1:
             raise ConfigError(f"redense_lr_ratio must be in (0, 1]; got {self.redense_lr_ratio!r}")
-        Granularity.parse(self.granularity)
-        object.__setattr__(self, "layers", tuple(self.layers))
+        check_selection(self)
 
     def apply(self, state: State, ctx: PassContext) -> PassResult:
         state, prior = state.clone(), dict(state.masks)

@@ -21,7 +21,7 @@ from compressor.errors import ConfigError
 from compressor.pipeline import PassContext, PassResult
 from compressor.registry import PASSES
 from compressor.state import State, layer_sparsity
-from passes.common import check_sparsity, select_weights
+from passes.common import check_selection, check_sparsity, select_weights
 from passes.granularity import Granularity
 from passes.schedules import narang_start_slope, narang_threshold
 from passes.training import TrainArgs, total_steps, train
@@ -65,8 +65,7 @@ class GradualPrune(TrainArgs):
             raise ConfigError(f"freq must be a positive integer; got {self.freq!r}")
         if self.start_slope < 0 or self.ramp_slope < 0:
             raise ConfigError("start_slope and ramp_slope must be >= 0 (0: chosen per layer)")
-        Granularity.parse(self.granularity)
-        object.__setattr__(self, "layers", tuple(self.layers))
+        check_selection(self)
 
     def iterations(self, total: int) -> tuple[int, int, int]:
         """(start_itr, ramp_itr, end_itr), defaults filled in from the number of training steps."""

@@ -20,7 +20,7 @@ from compressor.errors import ConfigError
 from compressor.pipeline import PassContext, PassResult
 from compressor.registry import PASSES
 from compressor.state import State, apply_masks, layer_sparsity
-from passes.common import check_sparsity, select_weights
+from passes.common import check_selection, check_sparsity, select_weights
 from passes.granularity import Granularity
 from passes.schedules import geometric_sparsity
 from passes.training import TrainArgs, train
@@ -49,8 +49,7 @@ class IterativePrune(TrainArgs):
             raise ConfigError(f"cycles must be a positive integer; got {self.cycles!r}")
         if self.quality < 0:
             raise ConfigError(f"quality must be >= 0 (0: chosen to reach sparsity); got {self.quality!r}")
-        Granularity.parse(self.granularity)
-        object.__setattr__(self, "layers", tuple(self.layers))
+        check_selection(self)
 
     def apply(self, state: State, ctx: PassContext) -> PassResult:
         state = state.clone()

@@ -15,7 +15,7 @@ from compressor.errors import ConfigError
 from compressor.pipeline import PassContext, PassResult
 from compressor.registry import PASSES
 from compressor.state import State, apply_masks, layer_sparsity
-from passes.common import check_sparsity, matching, select_weights
+from passes.common import check_selection, check_sparsity, matching, select_weights
 from passes.granularity import Granularity, global_masks
 
 SCOPES = ("global", "layer")
@@ -44,8 +44,7 @@ class MagnitudePrune:
         check_sparsity(self.sparsity)
         if self.scope not in SCOPES:
             raise ConfigError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
-        Granularity.parse(self.granularity)
-        object.__setattr__(self, "layers", tuple(self.layers))
+        check_selection(self)
         for pattern, value in self.sparsities.items():
             check_sparsity(value, f"sparsity of {pattern!r}")
 
