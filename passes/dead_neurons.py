@@ -74,7 +74,7 @@ class RemoveDeadNeurons:
 
 def make_plan(analysis: Analysis) -> Plan:
     plan = Plan()
-    dead: set[Unit] = set()
+    groups: list[frozenset[Unit]] = []
     folds: dict[str, dict[int, float]] = {}
     for group in analysis.groups():
         pinned = [analysis.pinned[u] for u in group if u in analysis.pinned]
@@ -85,29 +85,29 @@ def make_plan(analysis: Analysis) -> Plan:
                 plan.kept.setdefault(fqn, f"not analysed: {uncovered[0]}")
         if verdict is None:
             continue
-        if pinned:
+        if pinned or isinstance(verdict, str):
+            reason = f"dead but kept: {pinned[0]}" if pinned else verdict
             for unit in sorted(group):
-                plan.kept[f"{unit[0]}[{unit[1]}]"] = f"dead but kept: {pinned[0]}"
+                plan.kept[f"{unit[0]}[{unit[1]}]"] = reason
             continue
-        if isinstance(verdict, str):
-            for unit in sorted(group):
-                plan.kept[f"{unit[0]}[{unit[1]}]"] = verdict
-            continue
-        dead |= group
+        groups.append(group)
         for fqn, column, value in verdict:
             folds.setdefault(fqn, {})[column] = value
+    # A layer whose every unit is dead has a constant output: it stays, and so do the units of
+    # other layers coupled to its units (removing only one side of an add would break the add).
+    whole = {
+        fqn
+        for fqn in analysis.modules
+        if _dead_units(analysis.modules[fqn], fqn, set().union(*groups))
+        == set(range(unit_count(analysis.modules[fqn])))
+    }
+    for fqn in whole:
+        plan.kept[fqn] = "every unit is dead: the layer's output is constant; left as is"
+    dead = set().union(*(g for g in groups if not any(f in whole for f, _ in g)))
     for fqn, module in analysis.modules.items():
-        count = _out_count(module)
-        units = {i for f, i in dead if f == fqn}
-        if isinstance(module, tuple(RNN_GATES)):  # a hidden unit goes from every direction at once
-            hidden, dirs = module.hidden_size, range(directions(module))
-            units = {j for j in range(hidden) if all(d * hidden + j in units for d in dirs)}
-            count = hidden
+        units = _dead_units(module, fqn, dead)
         if units:
-            if len(units) == count:
-                plan.kept[fqn] = "every unit is dead: the layer's output is constant; left as is"
-                continue
-            plan.keep_out[fqn] = [i for i in range(count) if i not in units]
+            plan.keep_out[fqn] = [i for i in range(unit_count(module)) if i not in units]
             plan.removed[fqn] = len(units)
     removed = {
         (f, i)
@@ -128,6 +128,15 @@ def make_plan(analysis: Analysis) -> Plan:
         if gone:
             plan.folds[fqn] = gone
     return plan
+
+
+def _dead_units(module: nn.Module, fqn: str, dead: set[Unit]) -> set[int]:
+    """Indices of ``module``'s dead units; an RNN hidden unit counts when dead in every direction."""
+    units = {i for f, i in dead if f == fqn}
+    if isinstance(module, tuple(RNN_GATES)):
+        hidden, dirs = module.hidden_size, range(directions(module))
+        units = {j for j in range(hidden) if all(d * hidden + j in units for d in dirs)}
+    return units
 
 
 def _kept_index(module: nn.Module, i: int) -> int:

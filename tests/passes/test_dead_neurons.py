@@ -245,3 +245,30 @@ def test_export_archives_are_refused_with_the_reason(zoo) -> None:
     state = load_model(zoo / "lenet300.pt2")
     result = RemoveDeadNeurons().apply(state, PassContext())
     assert "not a torch.nn layer" in result.changes["refused"]
+
+
+class DeadBranch(nn.Module):
+    """``cat(a, b) + d``: b is entirely dead and so are d's units added to it; a[1] + d[1] is dead too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.d, self.head = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(x), self.b(x)], dim=-1) + self.d(x))
+
+
+def test_a_wholly_dead_layer_keeps_the_units_coupled_to_it() -> None:
+    torch.manual_seed(0)
+    model = DeadBranch().eval()
+    with torch.no_grad():
+        model.b.weight.zero_()
+        model.b.bias.zero_()
+        for layer, row in ((model.d, 3), (model.d, 4), (model.d, 5), (model.a, 1), (model.d, 1)):
+            layer.weight[row] = 0
+            layer.bias[row] = 0
+    result = RemoveDeadNeurons().apply(State(model, (torch.randn(2, 4),)), PassContext())
+    assert result.changes["removed"] == {"a": 1, "d": 1}  # d[3:6] stay with b, which cannot go
+    assert "every unit is dead" in result.changes["kept"]["b"]
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(result.state.module(x), model(x))
