@@ -1,15 +1,25 @@
-"""The TVM backend: ``torch.export`` -> Relax (``from_exported_program``) -> LLVM -> ``model.so``.
+"""The TVM backend: ``torch.export`` -> Relax -> our matmul kernels -> LLVM -> ``model.so``.
 
-This is the dense path; the sparse TIR kernels and tuning plug in here. The Relax torch
-frontend miscomputes negative indices (``x[:, -1]`` becomes an out-of-bounds ``take``), so
-they are made positive in the exported graph first; every artifact is verified anyway.
+Every ``matmul(x, permute_dims(W))`` with a constant weight — linear layers and each unrolled
+step of an LSTM/GRU/RNN — becomes a ``call_tir`` to one of the kernels of ``targets.kernels``:
+the tuned dense one, or a sparse format (CSR, BSR 1x4/4x1/4x4/8x1) when the weight is sparse
+enough to try and the kernel measured faster on the target (``KernelChooser``; decisions are
+cached by target, shape, batch and sparsity pattern). The rest of the graph takes TVM's default
+CPU lowering.
+
+The Relax torch frontend miscomputes negative indices (``x[:, -1]`` becomes an out-of-bounds
+``take``), so they are made positive in the exported graph first; every artifact is verified.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +30,16 @@ from compressor.errors import LoweringError
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
 from targets.base import Target
+from targets.kernels import Format, Packed, block_fill, kernel, pack
+
+CACHE_VERSION = 1
+SMALL = 1 << 20  # multiply-adds below which single-threaded kernels are candidates too
+
+
+def set_threads() -> int:
+    """Use every core: TVM's pool defaults to the physical cores it detects, 1 on some VMs."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+    return int(os.environ["TVM_NUM_THREADS"])
 
 
 def host_target() -> dict[str, Any]:
@@ -30,6 +50,213 @@ def host_target() -> dict[str, Any]:
 
 
 TARGETS = {"cpu": host_target}
+
+
+def vector_lanes(target: dict[str, Any]) -> int:
+    """fp32 lanes the kernels vectorise by: 4 on NEON, 8 on x86-64 (LLVM splits for SSE)."""
+    return 4 if str(target.get("mtriple", "")).startswith("aarch64") else 8
+
+
+# --- choosing a kernel per weight ------------------------------------------------------------
+
+
+def candidates(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> list[Format]:
+    """The formats worth timing for ``weight``: dense variants (the tuning space of the dense
+    kernel) always; sparse ones only at sparsity >= ``threshold``, and block formats only when
+    at least half of the values they store are nonzeros."""
+    formats = [Format("dense", unroll=u) for u in (1, 2, 4)]
+    if batch % 4 == 0:
+        formats += [Format("dense", unroll=u, batch_block=4) for u in (1, 2)]
+    sparsity = 1.0 - np.count_nonzero(weight) / weight.size
+    if sparsity >= threshold:
+        formats += [Format("bsr", (1, 1), 4), Format("bsr", (1, 1), 8)]
+        for block in ((1, 4), (4, 1), (4, 4), (8, 1)):
+            if weight.shape[1] >= block[1] and block_fill(weight, block) >= 0.5:
+                formats.append(Format("bsr", block, 4))
+        if fp16:
+            formats += [replace(f, dtype="float16") for f in formats if f.sparse]
+    if weight.size * batch <= SMALL:  # starting the thread pool may cost more than the work
+        formats += [replace(f, parallel=False) for f in formats]
+    return formats
+
+
+@dataclass
+class Choice:
+    """The kernel picked for one weight, and what each candidate measured (ms)."""
+
+    format: Format
+    times_ms: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+
+class KernelChooser:
+    """Times each candidate kernel for a weight on the target and keeps the fastest.
+
+    ``timer(func, packed, batch)`` returns seconds per call of kernel ``func`` on ``packed``; the
+    default builds the kernel for ``target`` and runs it here. With ``measure=False`` nothing is
+    timed: the dense kernel below ``threshold``, CSR above — a rule, reported as such.
+    """
+
+    def __init__(
+        self,
+        target: dict[str, Any],
+        threshold: float = 0.5,
+        fp16: bool = False,
+        measure: bool = True,
+        cache: Path | None = None,
+        timer: Callable[[Any, Packed, int], float] | None = None,
+    ) -> None:
+        self.target = target
+        self.threshold = threshold
+        self.fp16 = fp16
+        self.measure = measure
+        self.cache_path = cache if cache is not None else default_cache()
+        self.timer = timer or self._time_local
+        self._cache = self._load_cache()
+
+    def choose(self, weight: np.ndarray, batch: int) -> Choice:
+        formats = candidates(weight, batch, self.threshold, self.fp16)
+        if not self.measure:
+            sparse = [f for f in formats if f.sparse and f.block == (1, 1) and f.dtype == "float32"]
+            return Choice(sparse[-1] if sparse else Format("dense", unroll=2))
+        key = self._key(weight, batch, formats)
+        hit = self._cache.get(key)
+        if hit is not None:
+            fmt = Format(**{**hit["format"], "block": tuple(hit["format"]["block"])})
+            return Choice(fmt, hit["times_ms"], cached=True)
+        times = {}
+        lanes = vector_lanes(self.target)
+        for fmt in formats:
+            packed = pack(weight, fmt)
+            times[fmt.name] = self.timer(kernel(packed, batch, lanes), packed, batch) * 1e3
+        best = min(formats, key=lambda f: times[f.name])
+        self._cache[key] = {"format": asdict(best), "times_ms": times}
+        self._save_cache()
+        return Choice(best, times)
+
+    def _key(self, weight: np.ndarray, batch: int, formats: list[Format]) -> str:
+        h = hashlib.sha256()
+        names = [f.name for f in formats]
+        h.update(json.dumps([CACHE_VERSION, self.target, batch, list(weight.shape), names]).encode())
+        h.update(np.packbits(weight != 0).tobytes())
+        return h.hexdigest()
+
+    def _time_local(self, func: Any, packed: Packed, batch: int) -> float:
+        import tvm
+
+        set_threads()
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(self.target))
+        dev = tvm.cpu()
+        n, k = packed.shape
+        x = np.random.default_rng(0).standard_normal((batch, k)).astype(np.float32)
+        args = [tvm.runtime.tensor(a, dev) for a in (x, *packed.arrays, np.zeros((batch, n), np.float32))]
+        timer = lib.mod.time_evaluator("main", dev, number=1, repeat=7, min_repeat_ms=10)
+        return float(np.median(timer(*args).results))
+
+    def _load_cache(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.cache_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_cache(self) -> None:
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._cache))
+            tmp.replace(self.cache_path)
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+
+
+def default_cache() -> Path:
+    """``$COMPRESSOR_CACHE/tvm-kernels.json``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    root = os.environ.get("COMPRESSOR_CACHE")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compressor"
+    return Path(root) / "tvm-kernels.json"
+
+
+# --- the Relax rewrite -----------------------------------------------------------------------
+
+
+@dataclass
+class Layer:
+    """One constant-weight matmul of the graph and the kernel it got."""
+
+    name: str
+    shape: tuple[int, int]
+    batch: int
+    sparsity: float
+    format: str
+    calls: int
+    times_ms: dict[str, float]
+    cached: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rewrite_matmuls(
+    mod: Any, choose: Callable[[np.ndarray, int], Choice], lanes: int, names: dict[bytes, str] | None = None
+) -> tuple[Any, list[Layer]]:
+    """Replace each ``matmul(x, permute_dims(const W))`` in ``main`` with a kernel call.
+
+    One kernel is built per (weight, batch); the unrolled steps of a recurrent layer share it.
+    ``names`` maps a weight's bytes to its parameter name, for the report.
+    """
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    names = names or {}
+    weight_pattern = is_const()
+    transpose_pattern = is_op("relax.permute_dims")(weight_pattern)
+    pattern = is_op("relax.matmul")(wildcard(), transpose_pattern)
+    kernels: dict[tuple[bytes, int], tuple[Any, list[Any], Layer]] = {}
+    builder = relax.BlockBuilder(mod)
+
+    def rewriter(call: Any, matches: dict) -> Any:
+        x = call.args[0]
+        axes = matches[transpose_pattern].attrs.axes
+        if axes is not None and [int(a) for a in axes] != [1, 0]:
+            return call
+        weight = matches[weight_pattern].value.numpy()
+        if weight.ndim != 2 or weight.dtype != np.float32 or call.ty.dtype != "float32":
+            return call
+        shape = [int(d) for d in x.ty.shape]
+        n, k = weight.shape
+        batch = int(np.prod(shape[:-1]))
+        key = (hashlib.sha256(weight.tobytes()).digest(), batch)
+        if key not in kernels:
+            choice = choose(weight, batch)
+            packed: Packed = pack(weight, choice.format)
+            symbol = f"{choice.format.name.replace('-', '_')}_{len(kernels)}"
+            gvar = builder.add_func(kernel(packed, batch, lanes).with_attr("global_symbol", symbol), symbol)
+            layer = Layer(
+                name=names.get(weight.tobytes(), f"weight{len(kernels)}"),
+                shape=(n, k),
+                batch=batch,
+                sparsity=round(1.0 - np.count_nonzero(weight) / weight.size, 4),
+                format=choice.format.name,
+                calls=0,
+                times_ms={f: round(t, 5) for f, t in choice.times_ms.items()},
+                cached=choice.cached,
+            )
+            kernels[key] = (gvar, [relax.const(a) for a in packed.arrays], layer)
+        gvar, consts, layer = kernels[key]
+        layer.calls += 1
+        flat = relax.op.reshape(x, (batch, k)) if len(shape) != 2 else x
+        out = relax.call_tir(gvar, [flat, *consts], out_ty=relax.TensorType((batch, n), "float32"))
+        return relax.op.reshape(out, (*shape[:-1], n)) if len(shape) != 2 else out
+
+    main = rewrite_call(pattern, rewriter, mod["main"])
+    mod = builder.get()
+    mod["main"] = main
+    mod = relax.transform.DeadCodeElimination(["main"])(mod)
+    return mod, [layer for _, _, layer in kernels.values()]
+
+
+# --- export, build, run ----------------------------------------------------------------------
 
 
 def positive_indices(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
@@ -58,6 +285,14 @@ def export_relax(state: State, fix_indices: bool = True) -> Any:
         return from_exported_program(program, keep_params_as_input=False)
 
 
+def parameter_names(state: State) -> dict[bytes, str]:
+    return {
+        p.detach().cpu().numpy().tobytes(): name
+        for name, p in state.module.named_parameters()
+        if p.dim() == 2 and p.dtype == torch.float32
+    }
+
+
 class TvmRunner:
     """A Relax VM over a compiled library."""
 
@@ -65,10 +300,11 @@ class TvmRunner:
         import tvm
         from tvm import relax
 
+        self.threads = set_threads()
         self.device = tvm.cpu()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
-        self.threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
         self._tensor = tvm.runtime.tensor
+        self.layers: list[dict[str, Any]] = []  # the kernel chosen per weight, when built here
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = self.vm["main"](*(self._tensor(x, self.device) for x in inputs))
@@ -83,10 +319,28 @@ def _flatten(value: Any) -> list[np.ndarray]:
 
 @BACKENDS.register("tvm")
 class TvmBackend:
+    """Options: ``kernels=False`` keeps TVM's own (untuned) matmuls; ``fp16`` also tries sparse
+    formats with fp16 values (outputs then differ from torch by ~1e-3 relative); ``measure=False``
+    picks kernels by rule instead of timing them."""
+
     name = "tvm"
 
-    def __init__(self, fix_indices: bool = True) -> None:
+    def __init__(
+        self,
+        fix_indices: bool = True,
+        kernels: bool = True,
+        threshold: float = 0.5,
+        fp16: bool = False,
+        measure: bool = True,
+        cache: Path | None = None,
+    ) -> None:
         self.fix_indices = fix_indices
+        self.kernels = kernels
+        self.threshold = threshold
+        self.fp16 = fp16
+        self.measure = measure
+        self.cache = cache
+        self.layers: list[Layer] = []
 
     def build(self, state: State, target: Target, out_dir: Path) -> tuple[Path, TvmRunner]:
         try:
@@ -96,13 +350,25 @@ class TvmBackend:
         if target.name not in TARGETS:
             raise LoweringError(f"backend tvm cannot build for target {target.name!r} yet")
         out_dir.mkdir(parents=True, exist_ok=True)
+        tvm_target = TARGETS[target.name]()
         try:
             module = export_relax(state, self.fix_indices)
-            executable = tvm.compile(module, target=tvm.target.Target(TARGETS[target.name]()))
+            if self.kernels:
+                chooser = KernelChooser(tvm_target, self.threshold, self.fp16, self.measure, self.cache)
+                module, self.layers = rewrite_matmuls(
+                    module, chooser.choose, vector_lanes(tvm_target), parameter_names(state)
+                )
+            start = time.perf_counter()
+            executable = tvm.compile(module, target=tvm.target.Target(tvm_target))
+            self.compile_seconds = time.perf_counter() - start
             path = out_dir / "model.so"
             executable.export_library(str(path))
+        except LoweringError:
+            raise
         except Exception as e:
             raise LoweringError(
                 f"TVM lowering failed ({type(e).__name__}: {str(e).splitlines()[0]})"
             ) from None
-        return path, TvmRunner(path)
+        runner = TvmRunner(path)
+        runner.layers = [layer.to_json() for layer in self.layers]
+        return path, runner

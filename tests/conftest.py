@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,16 @@ import torch
 from compressor import State
 from models.train import write_all
 from models.zoo import LeNet300, LSTMClassifier
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep the TVM backend's kernel decisions out of the user's cache; share them in the session."""
+    path = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COMPRESSOR_CACHE", str(path))
+    yield path
+    mp.undo()
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from compressor import PassContext, VerificationError, load_model
+import targets.tvm as tvm_backend
+from compressor import PassContext, State, VerificationError, load_model
 from passes import MagnitudePrune
 from targets import backends_for, lower
 from targets.base import Compiled
-from targets.tvm import TvmBackend
+from targets.cpu import CPU
+from targets.kernels import Format, Packed, pack
+from targets.tvm import KernelChooser, TvmBackend, host_target
 
 
 @pytest.mark.parametrize("model", ["lenet300.pt", "lstm.pt", "lenet5.pt", "lstm.pt2"])
@@ -31,3 +37,62 @@ def test_negative_index_miscompile_is_worked_around_and_caught(zoo: Path, tmp_pa
 def test_tvm_is_opt_in_for_cpu() -> None:
     assert backends_for("cpu") == ["onnxruntime"]
     assert backends_for("cpu", "all") == ["onnxruntime", "tvm"]
+
+
+def two_layer_state(sparsities: tuple[float, float]) -> State:
+    """An MLP whose layers are magnitude-pruned to ``sparsities``."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32)).eval()
+    with torch.no_grad():
+        for layer, sparsity in zip((module[0], module[2]), sparsities, strict=True):
+            w = layer.weight
+            w[w.abs() <= w.abs().flatten().kthvalue(int(sparsity * w.numel())).values] = 0
+    return State(module=module, example_inputs=(torch.rand(1, 64),))
+
+
+def test_rewrite_keeps_layers_below_the_threshold_dense(tmp_path: Path) -> None:
+    state = two_layer_state((0.3, 0.9))
+    artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
+    formats = {layer["name"]: layer["format"] for layer in runner.layers}
+    assert formats["0.weight"].startswith("dense") and formats["2.weight"].startswith("csr")
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-5
+
+
+def test_choice_is_measured_cached_and_skips_sparse_formats_below_the_threshold(tmp_path: Path) -> None:
+    timed: list[Format] = []
+
+    def timer(func: object, packed: Packed, batch: int) -> float:
+        timed.append(packed.format)
+        return 1e-6 if packed.format.name == "bsr4x1-u4" else 1e-3
+
+    rng = np.random.default_rng(0)
+    dense_w = rng.standard_normal((32, 48)).astype(np.float32)
+    dense_w[rng.random(dense_w.shape) < 0.3] = 0
+    chooser = KernelChooser(host_target(), cache=tmp_path / "cache.json", timer=timer)
+    assert not chooser.choose(dense_w, 1).format.sparse
+    assert timed and not any(f.sparse for f in timed)
+    blocks = np.repeat(rng.random((8, 48)) < 0.1, 4, axis=0)  # 90% sparse in 4x1 blocks
+    sparse_w = (blocks * rng.standard_normal((32, 48))).astype(np.float32)
+    choice = chooser.choose(sparse_w, 1)
+    assert choice.format.name == "bsr4x1-u4" and not choice.cached
+    assert set(choice.times_ms) >= {"dense-u1", "csr-u8", "bsr4x1-u4"}
+    timed.clear()
+    again = KernelChooser(host_target(), cache=tmp_path / "cache.json", timer=timer).choose(sparse_w, 1)
+    assert again.cached and again.format == choice.format and not timed
+
+
+def test_verification_catches_a_wrong_sparse_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sparse kernel that reads the column after the right one (an off-by-one index)."""
+
+    def off_by_one(weight: np.ndarray, fmt: Format) -> Packed:
+        packed = pack(weight, fmt)
+        if fmt.sparse:
+            indices = packed.arrays[1]
+            indices[:] = np.minimum(indices + 1, weight.shape[1] - fmt.block[1])
+        return packed
+
+    monkeypatch.setattr(tvm_backend, "pack", off_by_one)
+    state = two_layer_state((0.3, 0.9))
+    artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
+    with pytest.raises(VerificationError, match="differs from the torch model"):
+        Compiled(CPU, "tvm", artifact, runner, state).verify()

@@ -1,0 +1,236 @@
+"""Matrix kernels in TIR for ``y = x @ W.T`` with a constant weight ``W`` (N x K), and their formats.
+
+TVM 0.27 has no sparse operators, so these are ours. One block-sparse kernel covers CSR (1x1
+blocks) and BSR (RxC blocks); one dense kernel is the baseline it has to beat. Both are
+written as explicit TVMScript loops: parallel over (block) rows, vectorised over the target's
+vector lanes, with ``unroll`` independent accumulators per row — at batch 1 a single
+accumulator's add chain, not memory bandwidth, is what limits a naive sparse loop.
+
+Packed layout ("chunked BSR"): each block row stores its nonzero blocks padded to a multiple of
+``unroll`` (zero blocks pointing at column 0), so the kernel has no remainder loop; ``indptr``
+counts chunks. A block's index is its first column, and a last block that would run past K is
+shifted left with the columns it repeats zeroed, so any K >= C works. Column indices are
+uint16 when K <= 65535 (6 bytes per fp32 nonzero instead of 8), values fp32 or fp16 (accumulated
+in fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Format:
+    """How a weight is stored and multiplied. ``kind`` is ``dense`` or ``bsr`` (``csr`` = 1x1 blocks)."""
+
+    kind: str
+    block: tuple[int, int] = (1, 1)
+    unroll: int = 8
+    dtype: str = "float32"
+    batch_block: int = 1
+    parallel: bool = True
+
+    @property
+    def name(self) -> str:
+        r, c = self.block
+        base = "dense" if self.kind == "dense" else "csr" if (r, c) == (1, 1) else f"bsr{r}x{c}"
+        suffix = f"-u{self.unroll}" + (f"-b{self.batch_block}" if self.batch_block > 1 else "")
+        suffix += ("-fp16" if self.dtype == "float16" else "") + ("" if self.parallel else "-serial")
+        return base + suffix
+
+    @property
+    def sparse(self) -> bool:
+        return self.kind != "dense"
+
+
+@dataclass
+class Packed:
+    """A weight in a format: the arrays the kernel takes after ``x``, in order."""
+
+    format: Format
+    shape: tuple[int, int]
+    arrays: list[np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+
+def index_dtype(k: int) -> str:
+    return "uint16" if k <= 65535 else "int32"
+
+
+def block_fill(weight: np.ndarray, block: tuple[int, int]) -> float:
+    """Nonzeros of ``weight`` / values stored by ``block``-sparse storage (1.0 = no explicit zeros)."""
+    nnz = int(np.count_nonzero(weight))
+    if nnz == 0:
+        return 1.0
+    return nnz / (_block_mask(weight, block).sum() * block[0] * block[1])
+
+
+def _blocks(weight: np.ndarray, block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The (NR, Q, R, C) blocks of ``weight`` and each block's first column (Q,)."""
+    n, k = weight.shape
+    r, c = block
+    if k < c:
+        raise ValueError(f"a {r}x{c} block needs at least {c} columns, the weight has {k}")
+    nr, q = -(-n // r), -(-k // c)
+    padded = np.zeros((nr * r, q * c), weight.dtype)
+    padded[:n, :k] = weight
+    blocks = padded.reshape(nr, r, q, c).transpose(0, 2, 1, 3).copy()
+    starts = np.arange(q) * c
+    if k % c:  # shift the last block left so it ends at column k; zero the columns it repeats
+        last = k - c
+        repeat = starts[-1] - last
+        blocks[:, -1] = 0
+        blocks[:, -1, :, repeat:] = padded[:, starts[-1] : k].reshape(nr, r, c - repeat)
+        starts[-1] = last
+    return blocks, starts
+
+
+def _block_mask(weight: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+    blocks, _ = _blocks(weight, block)
+    return np.any(blocks != 0, axis=(2, 3))
+
+
+def pack(weight: np.ndarray, fmt: Format) -> Packed:
+    """Store ``weight`` (N x K, float32) in ``fmt``."""
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    if fmt.kind == "dense":
+        return Packed(fmt, weight.shape, [weight.astype(fmt.dtype)])
+    r, c = fmt.block
+    u = fmt.unroll
+    blocks, starts = _blocks(weight, fmt.block)
+    nr = blocks.shape[0]
+    mask = np.any(blocks != 0, axis=(2, 3))
+    counts = mask.sum(axis=1)
+    chunks = -(-counts // u)
+    indptr = np.zeros(nr + 1, np.int32)
+    indptr[1:] = np.cumsum(chunks)
+    slots = max(int(indptr[-1]) * u, u)  # never an empty buffer
+    rows, cols = np.nonzero(mask)
+    rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    slot = indptr[rows] * u + rank
+    values = np.zeros((slots, r, c), fmt.dtype)
+    values[slot] = blocks[rows, cols]
+    indices = np.zeros(slots, index_dtype(weight.shape[1]))
+    indices[slot] = starts[cols]
+    return Packed(fmt, weight.shape, [values, indices, indptr])
+
+
+def unpack(packed: Packed) -> np.ndarray:
+    """The dense float32 weight a packed one multiplies by (for tests)."""
+    n, k = packed.shape
+    if packed.format.kind == "dense":
+        return packed.arrays[0].astype(np.float32)
+    values, indices, indptr = packed.arrays
+    r, c = packed.format.block
+    u = packed.format.unroll
+    out = np.zeros((-(-n // r) * r, k), np.float32)
+    for br in range(len(indptr) - 1):
+        for s in range(indptr[br] * u, indptr[br + 1] * u):
+            out[br * r : br * r + r, indices[s] : indices[s] + c] += values[s].astype(np.float32)
+    return out[:n]
+
+
+def kernel(packed: Packed, batch: int, lanes: int = 8):
+    """The TIR function computing ``y (batch x N) = x (batch x K) @ W.T`` for ``packed``.
+
+    ``lanes`` is the target's fp32 vector width (8 for AVX2, 16 for AVX-512, 4 for NEON).
+    """
+    if packed.format.kind == "dense":
+        return _dense_kernel(packed, batch, lanes)
+    return _bsr_kernel(packed, batch)
+
+
+def _bsr_kernel(packed: Packed, batch: int):
+    from tvm.script import tirx as T
+
+    n, k = packed.shape
+    values, indices, indptr = packed.arrays
+    r, c = packed.format.block
+    u = packed.format.unroll
+    nr, slots = len(indptr) - 1, values.shape[0]
+    vdt, idt = str(values.dtype), str(indices.dtype)
+    # Vectorise the innermost loop that is contiguous in memory: block columns, else block rows
+    # (x broadcast), else the unrolled blocks of a CSR row (x gathered).
+    loop_u = T.vectorized if (r, c) == (1, 1) else T.unroll
+    loop_r = T.vectorized if c == 1 and r > 1 else T.unroll
+    loop_c = T.vectorized if c > 1 else T.serial
+    rows = T.parallel if packed.format.parallel else T.serial
+
+    @T.prim_func
+    def bsr_matmul(
+        x: T.Buffer((batch, k), "float32"),
+        w_values: T.Buffer((slots, r, c), vdt),
+        w_indices: T.Buffer((slots,), idt),
+        w_indptr: T.Buffer((nr + 1,), "int32"),
+        y: T.Buffer((batch, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for br in rows(nr):
+            for b in range(batch):
+                acc = T.alloc_buffer((u, r, c), "float32", scope="local")
+                for i0, i1, i2 in T.grid(u, r, c):
+                    acc[i0, i1, i2] = T.float32(0)
+                for p in range(w_indptr[br], w_indptr[br + 1]):
+                    for j in loop_u(u):
+                        for ir in loop_r(r):
+                            for ic in loop_c(c):
+                                acc[j, ir, ic] = (
+                                    acc[j, ir, ic]
+                                    + T.Cast("float32", w_values[p * u + j, ir, ic])
+                                    * x[b, T.Cast("int32", w_indices[p * u + j]) + ic]
+                                )
+                for ir in range(r):
+                    if br * r + ir < n:
+                        total = T.alloc_buffer((1,), "float32", scope="local")
+                        total[0] = T.float32(0)
+                        for j, ic in T.grid(u, c):
+                            total[0] = total[0] + acc[j, ir, ic]
+                        y[b, br * r + ir] = total[0]
+
+    return bsr_matmul
+
+
+def _dense_kernel(packed: Packed, batch: int, lanes: int):
+    from tvm.script import tirx as T
+
+    n, k = packed.shape
+    vdt = str(packed.arrays[0].dtype)
+    width = lanes * packed.format.unroll  # values summed in parallel per row
+    main = k // width * width
+    bb = packed.format.batch_block if batch % packed.format.batch_block == 0 else 1
+    rows = T.parallel if packed.format.parallel else T.serial
+
+    @T.prim_func
+    def dense_matmul(
+        x: T.Buffer((batch, k), "float32"),
+        w: T.Buffer((n, k), vdt),
+        y: T.Buffer((batch, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i in rows(n):
+            for b0 in range(batch // bb):
+                acc = T.alloc_buffer((bb, width), "float32", scope="local")
+                for b1, v in T.grid(bb, width):
+                    acc[b1, v] = T.float32(0)
+                for p in range(k // width):
+                    for b1 in T.unroll(bb):
+                        for v in T.vectorized(width):
+                            acc[b1, v] = (
+                                acc[b1, v]
+                                + T.Cast("float32", w[i, p * width + v]) * x[b0 * bb + b1, p * width + v]
+                            )
+                for b1 in range(bb):
+                    total = T.alloc_buffer((1,), "float32", scope="local")
+                    total[0] = T.float32(0)
+                    for v in range(width):
+                        total[0] = total[0] + acc[b1, v]
+                    for t in range(k - main):
+                        total[0] = total[0] + T.Cast("float32", w[i, main + t]) * x[b0 * bb + b1, main + t]
+                    y[b0 * bb + b1, i] = total[0]
+
+    return dense_matmul

@@ -1,0 +1,93 @@
+"""The TIR matmul kernels against numpy, on shapes and patterns chosen to break them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from targets.kernels import Format, block_fill, kernel, pack, unpack
+from targets.tvm import host_target, set_threads
+
+FORMATS = [
+    Format("dense", unroll=1),
+    Format("dense", unroll=2, batch_block=3),
+    Format("dense", unroll=1, parallel=False),
+    Format("bsr", (1, 1), 4),
+    Format("bsr", (1, 1), 8, parallel=False),
+    Format("bsr", (1, 4), 4),
+    Format("bsr", (4, 1), 4),
+    Format("bsr", (4, 4), 2),
+    Format("bsr", (8, 1), 2),
+    Format("bsr", (1, 1), 8, dtype="float16"),
+    Format("bsr", (4, 1), 4, dtype="float16"),
+]
+
+
+def weights() -> dict[str, np.ndarray]:
+    """Odd shapes with empty rows, a fully dense row, a zero matrix, sizes off every block."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for n, k in [(13, 7), (5, 67), (33, 9), (9, 130)]:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        w[rng.random((n, k)) < 0.8] = 0
+        w[1] = 0  # an empty row
+        w[2] = rng.standard_normal(k)  # a fully dense row
+        w[:, -1] = rng.standard_normal(n)  # the last column, which a shifted block repeats
+        out[f"{n}x{k}"] = w
+    out["zero"] = np.zeros((6, 10), np.float32)
+    return out
+
+
+WEIGHTS = weights()
+
+
+def run(w: np.ndarray, fmt: Format, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    import tvm
+
+    set_threads()
+    packed = pack(w, fmt)
+    lib = tvm.compile(tvm.IRModule({"main": kernel(packed, batch)}), target=tvm.target.Target(host_target()))
+    x = np.random.default_rng(1).standard_normal((batch, w.shape[1])).astype(np.float32)
+    dev = tvm.cpu()
+    y = np.full((batch, w.shape[0]), np.nan, np.float32)
+    args = [tvm.runtime.tensor(a, dev) for a in (x, *packed.arrays, y)]
+    lib["main"](*args)
+    expected = x.astype(np.float64) @ w.astype(fmt.dtype).astype(np.float64).T
+    return args[-1].numpy(), expected
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_kernel_matches_numpy(fmt: Format) -> None:
+    for name, w in WEIGHTS.items():
+        if w.shape[1] < fmt.block[1]:
+            continue
+        for batch in (1, 3):
+            got, expected = run(w, fmt, batch)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"{name}, batch {batch}")
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f.sparse], ids=lambda f: f.name)
+def test_pack_round_trips_and_stores_only_nonzero_blocks(fmt: Format) -> None:
+    for w in WEIGHTS.values():
+        if w.shape[1] < fmt.block[1]:
+            continue
+        packed = pack(w, fmt)
+        np.testing.assert_array_equal(unpack(packed), w.astype(fmt.dtype).astype(np.float32))
+        values, indices, indptr = packed.arrays
+        assert indices.dtype == np.uint16 and indptr[-1] * fmt.unroll <= len(values)
+        blocks = int(np.count_nonzero(np.any(values != 0, axis=(1, 2))))
+        assert blocks <= -(-w.shape[0] // fmt.block[0]) * -(-w.shape[1] // fmt.block[1])
+
+
+def test_wide_matrices_use_int32_indices() -> None:
+    w = np.zeros((2, 70000), np.float32)
+    w[0, 69999] = 1.0
+    packed = pack(w, Format("bsr"))
+    assert packed.arrays[1].dtype == np.int32 and packed.arrays[1].max() == 69999
+
+
+def test_block_fill() -> None:
+    w = np.zeros((8, 8), np.float32)
+    w[0:4, 0] = 1.0  # one full 4x1 block
+    assert block_fill(w, (4, 1)) == 1.0
+    assert block_fill(w, (1, 4)) == 0.25
