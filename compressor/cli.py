@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from compressor.errors import CompressorError
 from compressor.job import Job, run_job
-from compressor.report import summary_table, targets_table
+from compressor.report import kernels_table, summary_table, targets_table
 from compressor.state import PassRecord
 
 
@@ -164,6 +164,9 @@ def compress(
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(summary_table(report))
     console.print(targets_table(report))
+    for entry in report["targets"]:
+        if entry["kernels"]:
+            console.print(kernels_table(entry))
     console.print(f"wrote {job.out_dir}")
 
 

@@ -48,8 +48,10 @@ def target_entry(
         "latency_ms": latency.to_json() if latency else None,
         "dense_latency_ms": dense.to_json() if dense else None,
         "speedup": round(dense.median / latency.median, 4) if latency and dense else None,
+        "speedup_vs_best_dense": None,  # filled in by build_report
         "threads": compiled.runner.threads,
         "emulated": compiled.target.emulated,
+        "kernels": getattr(compiled.runner, "layers", None) or None,
     }
 
 
@@ -62,6 +64,14 @@ def build_report(
     entries: list[dict[str, Any]],
 ) -> dict[str, Any]:
     before, after = original.stats(), final.stats()
+    for entry in entries:  # against the fastest dense model of any backend on the same target
+        dense = [
+            e["dense_latency_ms"]["median"]
+            for e in entries
+            if e["target"] == entry["target"] and e["dense_latency_ms"]
+        ]
+        if dense and entry["latency_ms"]:
+            entry["speedup_vs_best_dense"] = round(min(dense) / entry["latency_ms"]["median"], 4)
     return {
         "model": str(job.model),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -94,9 +104,40 @@ def summary_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def kernels_table(entry: dict[str, Any]) -> Table:
+    """The matmul kernel chosen per weight, with the best dense and sparse times measured."""
+    table = Table(title=f"{entry['target']}/{entry['backend']} kernels (ms per call)", title_justify="left")
+    for column in ("weight", "shape", "batch", "sparsity", "kernel", "calls", "dense", "chosen"):
+        table.add_column(column, justify="left" if column in ("weight", "kernel") else "right")
+    for k in entry["kernels"]:
+        times = k["times_ms"]
+        dense = min((t for name, t in times.items() if name.startswith("dense")), default=None)
+        table.add_row(
+            k["name"],
+            "x".join(map(str, k["shape"])),
+            str(k["batch"]),
+            f"{k['sparsity']:.0%}",
+            k["format"] + (" (cached)" if k["cached"] else ""),
+            str(k["calls"]),
+            f"{dense:.4f}" if dense is not None else "-",
+            f"{times[k['format']]:.4f}" if k["format"] in times else "-",
+        )
+    return table
+
+
 def targets_table(report: dict[str, Any]) -> Table:
     table = Table(title="targets (latency in ms; p10-p90 of the compressed model)", title_justify="left")
-    for column in ("target/backend", "verified", "max err", "latency", "p10-p90", "dense", "speedup"):
+    columns = (
+        "target/backend",
+        "verified",
+        "max err",
+        "latency",
+        "p10-p90",
+        "dense",
+        "speedup",
+        "vs best dense",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "target/backend" else "right")
     for t in report["targets"]:
         lat, dense = t["latency_ms"], t["dense_latency_ms"]
@@ -108,5 +149,6 @@ def targets_table(report: dict[str, Any]) -> Table:
             f"{lat['p10']:.3g}-{lat['p90']:.3g}" if lat else "-",
             f"{dense['median']:.3g}" if dense else "-",
             f"{t['speedup']:.2f}x" if t["speedup"] else "-",
+            f"{t['speedup_vs_best_dense']:.2f}x" if t["speedup_vs_best_dense"] else "-",
         )
     return table

@@ -31,12 +31,14 @@ class Format:
     dtype: str = "float32"
     batch_block: int = 1
     parallel: bool = True
+    batch_inner: bool = False  # sparse, batch > 1: loop over the batch innermost (x transposed)
 
     @property
     def name(self) -> str:
         r, c = self.block
         base = "dense" if self.kind == "dense" else "csr" if (r, c) == (1, 1) else f"bsr{r}x{c}"
         suffix = f"-u{self.unroll}" + (f"-b{self.batch_block}" if self.batch_block > 1 else "")
+        suffix += "-bt" if self.batch_inner else ""
         suffix += ("-fp16" if self.dtype == "float16" else "") + ("" if self.parallel else "-serial")
         return base + suffix
 
@@ -127,11 +129,12 @@ def unpack(packed: Packed) -> np.ndarray:
         return packed.arrays[0].astype(np.float32)
     values, indices, indptr = packed.arrays
     r, c = packed.format.block
-    u = packed.format.unroll
+    used = int(indptr[-1]) * packed.format.unroll
+    block_rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr) * packed.format.unroll)
+    rows = block_rows[:, None, None] * r + np.arange(r)[None, :, None]
+    cols = indices[:used].astype(np.int64)[:, None, None] + np.arange(c)[None, None, :]
     out = np.zeros((-(-n // r) * r, k), np.float32)
-    for br in range(len(indptr) - 1):
-        for s in range(indptr[br] * u, indptr[br + 1] * u):
-            out[br * r : br * r + r, indices[s] : indices[s] + c] += values[s].astype(np.float32)
+    np.add.at(out, (rows, cols), values[:used].astype(np.float32))
     return out[:n]
 
 
@@ -142,6 +145,8 @@ def kernel(packed: Packed, batch: int, lanes: int = 8):
     """
     if packed.format.kind == "dense":
         return _dense_kernel(packed, batch, lanes)
+    if packed.format.batch_inner:
+        return _bsr_batch_inner_kernel(packed, batch)
     return _bsr_kernel(packed, batch)
 
 
@@ -193,6 +198,58 @@ def _bsr_kernel(packed: Packed, batch: int):
                         y[b, br * r + ir] = total[0]
 
     return bsr_matmul
+
+
+def _bsr_batch_inner_kernel(packed: Packed, batch: int):
+    """Block-sparse for batch > 1: x is transposed once, then each stored value multiplies a
+    contiguous vector of the batch's activations (no gathers per batch row)."""
+    from tvm.script import tirx as T
+
+    n, k = packed.shape
+    values, indices, indptr = packed.arrays
+    r, c = packed.format.block
+    u = packed.format.unroll
+    nr, slots = len(indptr) - 1, values.shape[0]
+    vdt, idt = str(values.dtype), str(indices.dtype)
+    rows = T.parallel if packed.format.parallel else T.serial
+
+    @T.prim_func
+    def bsr_matmul_batch_inner(
+        x: T.Buffer((batch, k), "float32"),
+        w_values: T.Buffer((slots, r, c), vdt),
+        w_indices: T.Buffer((slots,), idt),
+        w_indptr: T.Buffer((nr + 1,), "int32"),
+        y: T.Buffer((batch, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        xt = T.alloc_buffer((k, batch), "float32")
+        for col in range(k):
+            for b in range(batch):
+                xt[col, b] = x[b, col]
+        for br in rows(nr):
+            acc = T.alloc_buffer((u, r, batch), "float32", scope="local")
+            for i0, i1, i2 in T.grid(u, r, batch):
+                acc[i0, i1, i2] = T.float32(0)
+            for p in range(w_indptr[br], w_indptr[br + 1]):
+                for j in T.unroll(u):
+                    for ir in T.unroll(r):
+                        for ic in T.unroll(c):
+                            for b in T.vectorized(batch):
+                                acc[j, ir, b] = (
+                                    acc[j, ir, b]
+                                    + T.Cast("float32", w_values[p * u + j, ir, ic])
+                                    * xt[T.Cast("int32", w_indices[p * u + j]) + ic, b]
+                                )
+            for ir in range(r):
+                if br * r + ir < n:
+                    for b in range(batch):
+                        total = T.alloc_buffer((1,), "float32", scope="local")
+                        total[0] = T.float32(0)
+                        for j in range(u):
+                            total[0] = total[0] + acc[j, ir, b]
+                        y[b, br * r + ir] = total[0]
+
+    return bsr_matmul_batch_inner
 
 
 def _dense_kernel(packed: Packed, batch: int, lanes: int):

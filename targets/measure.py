@@ -34,14 +34,22 @@ def measure(
     min_samples: int = 30,
     min_seconds: float = 1.0,
     max_samples: int = 2000,
+    settle_seconds: float = 0.0,
 ) -> dict[str, Latency]:
     """Time each zero-argument callable; stop once every one has ``min_samples`` samples and
-    ``min_seconds`` of timed runs (or ``max_samples`` samples)."""
+    ``min_seconds`` of timed runs (or ``max_samples`` samples).
+
+    ``settle_seconds`` of untimed runs precede each sample: callables from different runtimes
+    leave thread pools spinning for a while after they return, which would slow the next one.
+    """
     number = {name: _calibrate(fn) for name, fn in fns.items()}
+    settle = {name: math.ceil(settle_seconds / SAMPLE_SECONDS * n) for name, n in number.items()}
     samples: dict[str, list[float]] = {name: [] for name in fns}
     totals = dict.fromkeys(fns, 0.0)
     for count in range(1, max_samples + 1):
         for name, fn in fns.items():
+            for _ in range(settle[name]):
+                fn()
             start = time.perf_counter()
             for _ in range(number[name]):
                 fn()

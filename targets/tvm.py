@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -73,6 +72,11 @@ def candidates(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> 
         for block in ((1, 4), (4, 1), (4, 4), (8, 1)):
             if weight.shape[1] >= block[1] and block_fill(weight, block) >= 0.5:
                 formats.append(Format("bsr", block, 4))
+        if batch >= 4:  # the batch-inner variant of each format, with fewer accumulators
+            inner = [
+                replace(f, unroll=max(1, 2 // f.block[0]), batch_inner=True) for f in formats if f.sparse
+            ]
+            formats += list(dict.fromkeys(inner))
         if fp16:
             formats += [replace(f, dtype="float16") for f in formats if f.sparse]
     if weight.size * batch <= SMALL:  # starting the thread pool may cost more than the work
@@ -231,7 +235,9 @@ def rewrite_matmuls(
             choice = choose(weight, batch)
             packed: Packed = pack(weight, choice.format)
             symbol = f"{choice.format.name.replace('-', '_')}_{len(kernels)}"
-            gvar = builder.add_func(kernel(packed, batch, lanes).with_attr("global_symbol", symbol), symbol)
+            attrs = {"global_symbol": symbol, "tirx.is_scheduled": True}  # dlight leaves it alone
+            func = kernel(packed, batch, lanes).with_attrs(attrs)
+            gvar = builder.add_func(func, symbol)
             layer = Layer(
                 name=names.get(weight.tobytes(), f"weight{len(kernels)}"),
                 shape=(n, k),
@@ -254,6 +260,73 @@ def rewrite_matmuls(
     mod["main"] = main
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
     return mod, [layer for _, _, layer in kernels.values()]
+
+
+# --- the rest of the graph ------------------------------------------------------------------
+
+
+def elementwise_rule(lanes: int) -> Any:
+    """A dlight rule for elementwise functions (TVM's CPU pipeline leaves them serial and
+    scalar): fuse the loops, vectorise by ``lanes``, run in parallel when large."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import ScheduleRule, get_extent
+
+    @ScheduleRule.from_callable("Elementwise")
+    def rule(func: Any, target: Any, tunable: bool) -> Any:
+        sch = s_tir.Schedule(func)
+        try:
+            blocks = normalize_prim_func(sch)
+        except Exception:
+            return None
+        if not blocks or not all(b.is_injective() for b in blocks):
+            return None
+        try:
+            for block in blocks[:-1]:
+                sch.compute_inline(block.block_rv)
+        except Exception:
+            return None
+        loops = sch.get_loops(blocks[-1].block_rv)
+        if not loops:
+            return None
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = get_extent(sch, fused)
+        if not isinstance(extent, int):
+            return None
+        outer = fused
+        if extent >= 2 * lanes and extent % lanes == 0:
+            outer, inner = sch.split(fused, [None, lanes])
+            sch.vectorize(inner)
+        if extent >= PARALLEL_ELEMENTS:
+            sch.parallel(outer)
+        return sch
+
+    return rule
+
+
+PARALLEL_ELEMENTS = 1 << 16  # elementwise functions this large run on every core
+
+
+def relax_pipeline(target: Any, lanes: int) -> Any:
+    """TVM's default CPU pipeline plus schedules for what it leaves unscheduled."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.s_tir import dlight
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod: Any, _ctx: Any) -> Any:
+        rules = (dlight.cpu.GEMV(), dlight.cpu.Reduction(), elementwise_rule(lanes))
+        with target:
+            passes = [
+                *cpu.library_dispatch_passes(target),
+                *cpu.legalize_passes(target),
+                dlight.ApplyDefaultSchedule(*rules),
+                *cpu.dataflow_lower_passes(target),
+                *cpu.finalize_passes(target),
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
 
 
 # --- export, build, run ----------------------------------------------------------------------
@@ -358,9 +431,9 @@ class TvmBackend:
                 module, self.layers = rewrite_matmuls(
                     module, chooser.choose, vector_lanes(tvm_target), parameter_names(state)
                 )
-            start = time.perf_counter()
-            executable = tvm.compile(module, target=tvm.target.Target(tvm_target))
-            self.compile_seconds = time.perf_counter() - start
+            target_obj = tvm.target.Target(tvm_target)
+            pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target)) if self.kernels else "default"
+            executable = tvm.compile(module, target=target_obj, relax_pipeline=pipeline)
             path = out_dir / "model.so"
             executable.export_library(str(path))
         except LoweringError:

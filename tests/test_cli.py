@@ -36,7 +36,9 @@ TARGET_KEYS = {
     "latency_ms",
     "dense_latency_ms",
     "speedup",
+    "speedup_vs_best_dense",
     "emulated",
+    "kernels",
 }
 
 
@@ -106,6 +108,38 @@ def test_lstm_with_last_step_indexing_verifies(zoo: Path, tmp_path: Path, monkey
     (entry,) = report["targets"]
     assert entry["verified"] is True and entry["max_abs_error"] < 1e-4
     assert entry["latency_ms"] is None and entry["speedup"] is None
+
+
+def test_all_backends_report_kernels_and_the_best_dense_model(
+    zoo: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    code, out, _ = run_cli(
+        monkeypatch,
+        capsys,
+        str(zoo / "lstm.pt"),
+        "--sparsity",
+        "0.9",
+        "--backend",
+        "all",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 0, out
+    assert "cpu/tvm kernels" in out and "lstm.weight_hh_l0" in out
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    ort, tvm = report["targets"]
+    assert (ort["backend"], tvm["backend"]) == ("onnxruntime", "tvm")
+    assert ort["kernels"] is None
+    names = {k["name"]: k for k in tvm["kernels"]}
+    assert set(names) == {"lstm.weight_ih_l0", "lstm.weight_hh_l0", "fc.weight"}
+    hh = names["lstm.weight_hh_l0"]
+    assert hh["calls"] == 8 and hh["shape"] == [512, 128] and hh["format"] in hh["times_ms"]
+    assert hh["times_ms"][hh["format"]] == min(hh["times_ms"].values())
+    best_dense = min(ort["dense_latency_ms"]["median"], tvm["dense_latency_ms"]["median"])
+    for entry in (ort, tvm):
+        assert entry["speedup_vs_best_dense"] == pytest.approx(
+            best_dense / entry["latency_ms"]["median"], rel=1e-3
+        )
 
 
 def test_recipe_and_default_output_folder(zoo: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -20,6 +20,9 @@ FORMATS = [
     Format("bsr", (8, 1), 2),
     Format("bsr", (1, 1), 8, dtype="float16"),
     Format("bsr", (4, 1), 4, dtype="float16"),
+    Format("bsr", (1, 1), 2, batch_inner=True),
+    Format("bsr", (4, 4), 1, batch_inner=True, dtype="float16"),
+    Format("bsr", (1, 4), 1, batch_inner=True, parallel=False),
 ]
 
 
