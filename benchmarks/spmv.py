@@ -9,7 +9,7 @@ ONNX Runtime dense (MatMul), torch dense (``F.linear``), TVM dense (our dense TI
 tuned over its variants on this machine), torch CSR (``torch.sparse.mm``), and ours: CSR
 (unstructured pattern), CSR with fp16 values, BSR 1x4 and 4x1 (the same sparsity in blocks).
 Every kernel's output is checked against numpy first. The callables take turns sample by sample
-(``targets.measure``), all with every core. Pruning patterns are random at the given granularity,
+(``targets.runtime.measure``), all with every core. Pruning patterns are random at the given granularity,
 which is what magnitude pruning of these random weights gives.
 """
 
@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.common import write
 from targets.kernels import Format, kernel, pack
-from targets.measure import measure
+from targets.runtime.measure import measure
 from targets.tvm import candidates, host_target, set_threads
 
 SHAPES = [(1024, 1024), (2048, 2048), (4096, 1024), (7680, 2560)]

@@ -85,13 +85,23 @@ class RichUI:
     multiple=True,
     default=("cpu",),
     show_default=True,
-    help="Device to lower for (repeatable): cpu.",
+    help="Device to lower for (repeatable): cpu (this host), arm64 (a device: --rpc, --tracker or --emulate).",
 )
 @click.option(
     "--backend",
     default="default",
     show_default=True,
-    help="Backend per target: onnxruntime, tvm (dense, untuned for now), all, or the target's default.",
+    help="Backend per target: onnxruntime, tvm, all, or the target's default.",
+)
+@click.option(
+    "--rpc", metavar="HOST:PORT", help="TVM RPC server on the arm64 device to build for and measure on."
+)
+@click.option(
+    "--tracker", metavar="HOST:PORT", help="TVM RPC tracker to request the device from (with --key)."
+)
+@click.option("--key", help="Device key at the --tracker.")
+@click.option(
+    "--emulate", is_flag=True, help="Run arm64 artifacts on an emulated arm64 device (qemu; needs root)."
 )
 @click.option(
     "--recipe", help="Pass pipeline: a YAML file or YAML text, e.g. '[magnitude-prune: {sparsity: 0.9}]'."
@@ -123,6 +133,10 @@ def compress(
     model: Path,
     targets: tuple[str, ...],
     backend: str,
+    rpc: str | None,
+    tracker: str | None,
+    key: str | None,
+    emulate: bool,
     recipe: str | None,
     sparsity: float | None,
     data: Path | None,
@@ -145,6 +159,10 @@ def compress(
         model=model,
         targets=targets,
         backend=backend,
+        rpc=rpc,
+        tracker=tracker,
+        key=key,
+        emulate=emulate,
         recipe=recipe,
         sparsity=sparsity,
         data=data,

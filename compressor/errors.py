@@ -31,3 +31,8 @@ class VerificationError(CompressorError):
 
 class OutputError(CompressorError):
     """The output folder cannot be written."""
+
+
+class DeviceError(CompressorError):
+    """The device behind ``--rpc``/``--tracker``/``--emulate`` is unreachable, failed or is the
+    wrong kind; what was built is kept."""

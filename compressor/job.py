@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from compressor.data import load_task
-from compressor.errors import ConfigError
+from compressor.errors import ConfigError, DeviceError
 from compressor.modelio import load_model, parse_input_shapes, save_exported
 from compressor.output import check_output_dir, output_dir
 from compressor.pipeline import Instrument, PassContext, Pipeline, Progress, no_progress
@@ -52,6 +52,10 @@ class Job:
     model: Path
     targets: tuple[str, ...] = ("cpu",)
     backend: str = "default"
+    rpc: str | None = None
+    tracker: str | None = None
+    key: str | None = None
+    emulate: bool = False
     recipe: str | None = None
     sparsity: float | None = None
     data: Path | None = None
@@ -81,6 +85,33 @@ class Job:
 
         return [(t, b) for t in dict.fromkeys(self.targets) for b in targets.backends_for(t, self.backend)]
 
+    def check_device(self) -> None:
+        """One way to reach a device, given exactly when a target needs one."""
+        from compressor.registry import TARGETS
+        from targets.remote import parse_address
+
+        ways = [
+            name
+            for name, given in (("--rpc", self.rpc), ("--tracker", self.tracker), ("--emulate", self.emulate))
+            if given
+        ]
+        remote = [t for t in dict.fromkeys(self.targets) if TARGETS.get(t).remote]
+        if len(ways) > 1:
+            raise ConfigError(f"give one of {' / '.join(ways)}, not several")
+        if bool(self.tracker) != bool(self.key):
+            raise ConfigError("--tracker and --key go together: the tracker hands out a device by its key")
+        if ways and not remote:
+            raise ConfigError(f"{ways[0]} is for targets that run on a device (arm64); add --target arm64")
+        if remote and not ways:
+            raise ConfigError(
+                f"target {remote[0]} runs on a device: give --rpc HOST:PORT (a TVM RPC server on it), "
+                "--tracker HOST:PORT --key KEY, or --emulate (an emulated arm64 device)"
+            )
+        if self.rpc:
+            parse_address(self.rpc, "--rpc")
+        if self.tracker:
+            parse_address(self.tracker, "--tracker")
+
 
 def is_main_process() -> bool:
     """False on the ranks other than 0 of a ``torchrun`` launch."""
@@ -91,12 +122,12 @@ def is_main_process() -> bool:
 
 def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
     """Run ``job``; write its output folder; return the report. Raises ``CompressorError``."""
-    import targets
 
     ui = ui or QuietUI()
     # Check every option before any slow step.
     pipeline = job.pipeline()
     pairs = job.pairs()
+    job.check_device()
     shapes = parse_input_shapes(job.input_shape) if job.input_shape else None
     check_output_dir(job.out_dir)
 
@@ -110,7 +141,8 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
     if not is_main_process():  # under torchrun only rank 0 writes
         return {}
 
-    entries = []
+    entries: list[dict[str, Any]] = []
+    failure: DeviceError | None = None
     with output_dir(job.out_dir) as out, tempfile.TemporaryDirectory() as scratch:
         with ui.step("saving the compressed model (torch.export)"):
             save_exported(final, out / "model.pt2")
@@ -119,20 +151,77 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
         if job.plot:
             with ui.step("plotting"):
                 write_plots(final.history, out / "plots")
-        for target, backend in pairs:
-            with ui.step(f"{target}/{backend}: lowering and verifying"):
-                compiled = targets.lower(final, target, backend, out / f"{target}-{backend}")
-                compiled.verify(seed=job.seed)
-            dense_latency = latency = dense_bytes = None
-            if job.measure:
-                with ui.step(f"{target}/{backend}: lowering and verifying the dense model"):
-                    dense = targets.lower(original, target, backend, Path(scratch) / f"{target}-{backend}")
-                    dense.verify(seed=job.seed)
-                with ui.step(f"{target}/{backend}: measuring latency (compressed and dense, interleaved)"):
-                    timed = targets.measure({"model": compiled.timer(), "dense": dense.timer()})
-                latency, dense_latency = timed["model"], timed["dense"]
-                dense_bytes = dense.artifact.stat().st_size
-            entries.append(target_entry(compiled, out, latency, dense_latency, dense_bytes))
+        try:
+            for target in dict.fromkeys(t for t, _ in pairs):
+                with open_device(job, target, ui) as device:
+                    for backend in (b for t, b in pairs if t == target):
+                        entries.append(
+                            lower_and_measure(
+                                job, original, final, target, backend, device, out, Path(scratch), ui
+                            )
+                        )
+        except DeviceError as e:  # keep what was built: the device failed, not the model
+            failure = e
         report = build_report(job, original, final, metric_before, pipeline, entries)
+        if failure:
+            report["error"] = str(failure)
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if failure:
+        raise DeviceError(f"{failure}; what was built is kept in {job.out_dir}")
     return report
+
+
+@contextlib.contextmanager
+def open_device(job: Job, target: str, ui: UI) -> Iterator[Any]:
+    """The device ``target`` runs on: this host, or one reached as the job's options say."""
+    import targets
+    from compressor.registry import TARGETS
+
+    if not TARGETS.get(target).remote:
+        yield targets.LOCAL
+    elif job.emulate:
+        from targets.emulator import emulated_device
+
+        with contextlib.ExitStack() as stack:
+            with ui.step(f"{target}: starting the emulated device (qemu)"):
+                device = stack.enter_context(emulated_device())
+            yield device
+    else:
+        from targets.remote import connect, request
+
+        where = job.rpc or f"{job.tracker} ({job.key})"
+        with ui.step(f"{target}: connecting to the device at {where}"):
+            device = connect(job.rpc) if job.rpc else request(str(job.tracker), str(job.key))
+        yield device
+
+
+def lower_and_measure(
+    job: Job,
+    original: Any,
+    final: Any,
+    target: str,
+    backend: str,
+    device: Any,
+    out: Path,
+    scratch: Path,
+    ui: UI,
+) -> dict[str, Any]:
+    """Lower, verify (and bundle, for a device), then time against the dense model: one report entry."""
+    import targets
+    from targets.bundle import write_bundle
+
+    with ui.step(f"{target}/{backend}: lowering and verifying"):
+        compiled = targets.lower(final, target, backend, out / f"{target}-{backend}", device)
+        compiled.verify(seed=job.seed)
+        if compiled.target.remote:
+            write_bundle(compiled, seed=job.seed)
+    dense_latency = latency = dense_bytes = None
+    if job.measure:
+        with ui.step(f"{target}/{backend}: lowering and verifying the dense model"):
+            dense = targets.lower(original, target, backend, scratch / f"{target}-{backend}", device)
+            dense.verify(seed=job.seed)
+        with ui.step(f"{target}/{backend}: measuring latency (compressed and dense, interleaved)"):
+            timed = targets.measure_samplers({"model": compiled.sampler(), "dense": dense.sampler()})
+        latency, dense_latency = timed["model"], timed["dense"]
+        dense_bytes = dense.artifact.stat().st_size
+    return target_entry(compiled, out, latency, dense_latency, dense_bytes)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from compressor.job import Job
     from compressor.pipeline import Pipeline
     from targets.base import Compiled
-    from targets.measure import Latency
+    from targets.runtime.measure import Latency
 
 
 def _version(package: str) -> str | None:
@@ -50,7 +50,8 @@ def target_entry(
         "speedup": round(dense.median / latency.median, 4) if latency and dense else None,
         "speedup_vs_best_dense": None,  # filled in by build_report
         "threads": compiled.runner.threads,
-        "emulated": compiled.target.emulated,
+        "device": compiled.device.name if compiled.device else "this host",
+        "emulated": bool(compiled.device and compiled.device.emulated),
         "kernels": getattr(compiled.runner, "layers", None) or None,
     }
 

@@ -7,12 +7,25 @@ from pathlib import Path
 from compressor.errors import ConfigError
 from compressor.registry import BACKENDS, TARGETS
 from compressor.state import State
-from targets import cpu, onnxruntime, tvm  # noqa: F401  (register)
+from targets import arm64, cpu, onnxruntime, tvm  # noqa: F401  (register)
 from targets.base import Compiled, Target
-from targets.measure import Latency, measure
+from targets.remote import LOCAL, Device
+from targets.runtime.measure import Latency, measure, measure_samplers
 from targets.verify import Verification, verify
 
-__all__ = ["Compiled", "Latency", "Target", "Verification", "backends_for", "lower", "measure", "verify"]
+__all__ = [
+    "LOCAL",
+    "Compiled",
+    "Device",
+    "Latency",
+    "Target",
+    "Verification",
+    "backends_for",
+    "lower",
+    "measure",
+    "measure_samplers",
+    "verify",
+]
 
 
 def backends_for(target: str, backend: str = "default") -> list[str]:
@@ -30,12 +43,20 @@ def backends_for(target: str, backend: str = "default") -> list[str]:
     return [backend]
 
 
-def lower(state: State, target: str, backend: str | None, out_dir: str | Path) -> Compiled:
-    """Build ``state.module`` for ``target`` into ``out_dir`` (not yet verified).
+def lower(
+    state: State, target: str, backend: str | None, out_dir: str | Path, device: Device = LOCAL
+) -> Compiled:
+    """Build ``state.module`` for ``target`` into ``out_dir`` and load it on ``device`` (this host,
+    or a session from ``targets.remote`` / ``targets.emulator``); not yet verified.
 
     ``backend=None`` takes the target's preferred backend.
     """
     name = backends_for(target, backend)[0] if backend else backends_for(target)[0]
     tgt = TARGETS.get(target)
-    artifact, runner = BACKENDS.get(name)().build(state, tgt, Path(out_dir))
-    return Compiled(target=tgt, backend=name, artifact=artifact, runner=runner, state=state)
+    if tgt.remote and device.session is None:
+        raise ConfigError(
+            f"target {target!r} runs on a device: give --rpc HOST:PORT, --tracker HOST:PORT --key KEY "
+            "or --emulate (in Python, a device from targets.remote.connect or targets.emulator)"
+        )
+    artifact, runner = BACKENDS.get(name)().build(state, tgt, Path(out_dir), device)
+    return Compiled(target=tgt, backend=name, artifact=artifact, runner=runner, state=state, device=device)

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from compressor.state import State
-from targets.measure import Latency, measure
+from targets.runtime.measure import Latency, Sampler, loop, measure_samplers
 from targets.verify import Verification, verify
+
+if TYPE_CHECKING:
+    from targets.remote import Device
+
+
+def cache_root() -> Path:
+    """``$COMPRESSOR_CACHE``, else ``$XDG_CACHE_HOME/compressor`` or ``~/.cache/compressor``."""
+    root = os.environ.get("COMPRESSOR_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compressor"
 
 
 @dataclass(frozen=True)
@@ -23,11 +35,13 @@ class Target:
     description: str
     backends: tuple[str, ...]
     defaults: tuple[str, ...]
-    emulated: bool = False
+    remote: bool = False  # runs on a device reached over RPC (--rpc, --tracker, --emulate)
+    machine: str = "x86_64"
 
 
 class Runner(Protocol):
-    """A loaded artifact that runs on numpy inputs."""
+    """A loaded artifact that runs on numpy inputs (here, or on a device: then it also has
+    ``sampler(inputs)``, timing with the device's clock)."""
 
     threads: int
 
@@ -37,8 +51,8 @@ class Runner(Protocol):
 class Backend(Protocol):
     name: str
 
-    def build(self, state: State, target: Target, out_dir: Path) -> tuple[Path, Runner]:
-        """Lower ``state.module`` for ``target`` into ``out_dir``; return the artifact and a runner."""
+    def build(self, state: State, target: Target, out_dir: Path, device: Device) -> tuple[Path, Runner]:
+        """Lower ``state.module`` for ``target`` into ``out_dir`` and load it on ``device``."""
         ...
 
 
@@ -52,6 +66,7 @@ class Compiled:
     runner: Runner
     state: State
     verification: Verification | None = field(default=None)
+    device: Device | None = None
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.runner.run(inputs)
@@ -62,11 +77,19 @@ class Compiled:
         return self.verification
 
     def measure(self, min_samples: int = 30, min_seconds: float = 1.0) -> Latency:
-        """Latency of the artifact on its example inputs (see ``targets.measure``)."""
+        """Latency of the artifact on its example inputs (see ``targets.runtime.measure``)."""
         if self.verification is None:
             self.verify()
-        return measure({"model": self.timer()}, min_samples, min_seconds)["model"]
+        return measure_samplers({"model": self.sampler()}, min_samples, min_seconds)["model"]
 
-    def timer(self):
+    def sampler(self) -> Sampler:
+        """Times runs on the example inputs: on the device's clock when the runner has one."""
+        inputs = [t.numpy() for t in self.state.example_inputs]
+        if hasattr(self.runner, "sampler"):
+            return self.runner.sampler(inputs)
+        return loop(lambda: self.runner.run(inputs))
+
+    def timer(self) -> Callable[[], object]:
+        """One run on the example inputs, here."""
         inputs = [t.numpy() for t in self.state.example_inputs]
         return lambda: self.runner.run(inputs)

@@ -10,6 +10,10 @@ import contextlib
 import io
 import logging
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +26,7 @@ from compressor.errors import ConfigError, LoweringError
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
 from targets.base import Target
+from targets.remote import LOCAL, Device, RemoteOrtRunner
 
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
 
@@ -43,6 +48,30 @@ def export_onnx(state: State, path: Path) -> None:
             f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "the model must be exportable by torch.onnx.export(dynamo=True)"
         ) from None
+
+
+def convert_to_ort(model: Path) -> Path:
+    """Write ``model.ort`` (ORT Mobile's format) beside ``model``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "onnxruntime.tools.convert_onnx_models_to_ort",
+                str(model),
+                "--output_dir",
+                tmp,
+                "--optimization_style",
+                "Fixed",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        made = Path(tmp) / model.with_suffix(".ort").name
+        if done.returncode != 0 or not made.is_file():
+            lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+            raise LoweringError(f"converting {model.name} to the ORT format failed ({lines[-1]})")
+        return Path(shutil.copy(made, model.with_suffix(".ort")))
 
 
 class OrtRunner:
@@ -79,7 +108,14 @@ class OnnxRuntimeBackend:
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or os.cpu_count() or 1
 
-    def build(self, state: State, target: Target, out_dir: Path) -> tuple[Path, OrtRunner]:
+    def build(
+        self, state: State, target: Target, out_dir: Path, device: Device = LOCAL
+    ) -> tuple[Path, OrtRunner | RemoteOrtRunner]:
+        if target.remote:  # runs ONNX Runtime on the device: the ORT Mobile form goes with it
+            out_dir.mkdir(parents=True, exist_ok=True)
+            export_onnx(state, out_dir / "model.onnx")
+            path = convert_to_ort(out_dir / "model.onnx")
+            return path, RemoteOrtRunner(device, path)
         if target.name not in PROVIDERS:
             raise ConfigError(f"backend onnxruntime has no execution provider for target {target.name!r}")
         try:

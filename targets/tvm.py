@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -25,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from compressor.errors import LoweringError
+from compressor.errors import DeviceError, LoweringError
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
-from targets.base import Target
+from targets.base import Target, cache_root
 from targets.kernels import Format, Packed, block_fill, kernel, pack
+from targets.remote import LOCAL, Device, RemoteTvmRunner, load_library
 
 CACHE_VERSION = 1
 SMALL = 1 << 20  # multiply-adds below which single-threaded kernels are candidates too
@@ -48,7 +50,10 @@ def host_target() -> dict[str, Any]:
     return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
 
 
-TARGETS = {"cpu": host_target}
+TARGETS: dict[str, Callable[[], dict[str, Any]]] = {"cpu": host_target}
+"""The LLVM target per compressor target; other target modules add theirs."""
+COMPILERS: dict[str, Callable[[], Any]] = {}
+"""The ``export_library`` compiler per target, where it is not this host's (cross compilers)."""
 
 
 def vector_lanes(target: dict[str, Any]) -> int:
@@ -96,9 +101,12 @@ class Choice:
 class KernelChooser:
     """Times each candidate kernel for a weight on the target and keeps the fastest.
 
-    ``timer(func, packed, batch)`` returns seconds per call of kernel ``func`` on ``packed``; the
-    default builds the kernel for ``target`` and runs it here. With ``measure=False`` nothing is
-    timed: the dense kernel below ``threshold``, CSR above — a rule, reported as such.
+    ``timer(kernels, batch)`` returns seconds per call of each ``(func, packed)`` of ``kernels``;
+    the default builds them for ``target`` into one library and times them on ``device`` (this
+    host, or a remote one: the library is then exported with ``compiler`` and uploaded).
+    With ``measure=False`` nothing is timed: the dense kernel below ``threshold``, CSR above —
+    a rule, reported as such. Decisions are cached per target, device kind, shape, batch and
+    sparsity pattern.
     """
 
     def __init__(
@@ -108,14 +116,18 @@ class KernelChooser:
         fp16: bool = False,
         measure: bool = True,
         cache: Path | None = None,
-        timer: Callable[[Any, Packed, int], float] | None = None,
+        timer: Callable[[list[tuple[Any, Packed]], int], list[float]] | None = None,
+        device: Device = LOCAL,
+        compiler: Any = None,
     ) -> None:
         self.target = target
         self.threshold = threshold
         self.fp16 = fp16
         self.measure = measure
         self.cache_path = cache if cache is not None else default_cache()
-        self.timer = timer or self._time_local
+        self.device = device
+        self.compiler = compiler
+        self.timer = timer or self._time
         self._cache = self._load_cache()
 
     def choose(self, weight: np.ndarray, batch: int) -> Choice:
@@ -128,11 +140,13 @@ class KernelChooser:
         if hit is not None:
             fmt = Format(**{**hit["format"], "block": tuple(hit["format"]["block"])})
             return Choice(fmt, hit["times_ms"], cached=True)
-        times = {}
         lanes = vector_lanes(self.target)
+        kernels = []
         for fmt in formats:
             packed = pack(weight, fmt)
-            times[fmt.name] = self.timer(kernel(packed, batch, lanes), packed, batch) * 1e3
+            kernels.append((kernel(packed, batch, lanes), packed))
+        seconds = self.timer(kernels, batch)
+        times = {fmt.name: t * 1e3 for fmt, t in zip(formats, seconds, strict=True)}
         best = min(formats, key=lambda f: times[f.name])
         self._cache[key] = {"format": asdict(best), "times_ms": times}
         self._save_cache()
@@ -141,21 +155,36 @@ class KernelChooser:
     def _key(self, weight: np.ndarray, batch: int, formats: list[Format]) -> str:
         h = hashlib.sha256()
         names = [f.name for f in formats]
-        h.update(json.dumps([CACHE_VERSION, self.target, batch, list(weight.shape), names]).encode())
+        key = [CACHE_VERSION, self.target, self.device.cache_key, batch, list(weight.shape), names]
+        h.update(json.dumps(key).encode())
         h.update(np.packbits(weight != 0).tobytes())
         return h.hexdigest()
 
-    def _time_local(self, func: Any, packed: Packed, batch: int) -> float:
+    def _time(self, kernels: list[tuple[Any, Packed]], batch: int) -> list[float]:
         import tvm
 
-        set_threads()
-        lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(self.target))
-        dev = tvm.cpu()
-        n, k = packed.shape
-        x = np.random.default_rng(0).standard_normal((batch, k)).astype(np.float32)
-        args = [tvm.runtime.tensor(a, dev) for a in (x, *packed.arrays, np.zeros((batch, n), np.float32))]
-        timer = lib.mod.time_evaluator("main", dev, number=1, repeat=7, min_repeat_ms=10)
-        return float(np.median(timer(*args).results))
+        funcs = {f"k{i}": func.with_attr("global_symbol", f"k{i}") for i, (func, _) in enumerate(kernels)}
+        lib = tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(self.target))
+        if self.device.session is None:
+            set_threads()
+            module, dev = lib.mod, tvm.cpu()
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "kernels.so"
+                lib.export_library(str(path), fcompile=self.compiler)
+                module = load_library(self.device, path, str(self.target["mtriple"]).split("-")[0])
+            dev = self.device.session.cpu()
+        times = []
+        rng = np.random.default_rng(0)
+        with self.device.errors("timing the candidate kernels"):
+            for i, (_, packed) in enumerate(kernels):
+                n, k = packed.shape
+                x = rng.standard_normal((batch, k)).astype(np.float32)
+                arrays = (x, *packed.arrays, np.zeros((batch, n), np.float32))
+                args = [tvm.runtime.tensor(a, dev) for a in arrays]
+                timer = module.time_evaluator(f"k{i}", dev, number=1, repeat=7, min_repeat_ms=10)
+                times.append(float(np.median(timer(*args).results)))
+        return times
 
     def _load_cache(self) -> dict[str, Any]:
         try:
@@ -174,11 +203,8 @@ class KernelChooser:
 
 
 def default_cache() -> Path:
-    """``$COMPRESSOR_CACHE/tvm-kernels.json``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
-    root = os.environ.get("COMPRESSOR_CACHE")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compressor"
-    return Path(root) / "tvm-kernels.json"
+    """``tvm-kernels.json`` in ``cache_root()``."""
+    return cache_root() / "tvm-kernels.json"
 
 
 # --- the Relax rewrite -----------------------------------------------------------------------
@@ -415,7 +441,9 @@ class TvmBackend:
         self.cache = cache
         self.layers: list[Layer] = []
 
-    def build(self, state: State, target: Target, out_dir: Path) -> tuple[Path, TvmRunner]:
+    def build(
+        self, state: State, target: Target, out_dir: Path, device: Device = LOCAL
+    ) -> tuple[Path, TvmRunner | RemoteTvmRunner]:
         try:
             import tvm
         except ImportError:
@@ -424,10 +452,19 @@ class TvmBackend:
             raise LoweringError(f"backend tvm cannot build for target {target.name!r} yet")
         out_dir.mkdir(parents=True, exist_ok=True)
         tvm_target = TARGETS[target.name]()
+        compiler = COMPILERS[target.name]() if target.name in COMPILERS else None
         try:
             module = export_relax(state, self.fix_indices)
             if self.kernels:
-                chooser = KernelChooser(tvm_target, self.threshold, self.fp16, self.measure, self.cache)
+                chooser = KernelChooser(
+                    tvm_target,
+                    self.threshold,
+                    self.fp16,
+                    self.measure,
+                    self.cache,
+                    device=device,
+                    compiler=compiler,
+                )
                 module, self.layers = rewrite_matmuls(
                     module, chooser.choose, vector_lanes(tvm_target), parameter_names(state)
                 )
@@ -435,13 +472,13 @@ class TvmBackend:
             pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target)) if self.kernels else "default"
             executable = tvm.compile(module, target=target_obj, relax_pipeline=pipeline)
             path = out_dir / "model.so"
-            executable.export_library(str(path))
-        except LoweringError:
+            executable.export_library(str(path), fcompile=compiler)
+        except (LoweringError, DeviceError):
             raise
         except Exception as e:
             raise LoweringError(
                 f"TVM lowering failed ({type(e).__name__}: {str(e).splitlines()[0]})"
             ) from None
-        runner = TvmRunner(path)
+        runner = TvmRunner(path) if device.session is None else RemoteTvmRunner(device, path, target.machine)
         runner.layers = [layer.to_json() for layer in self.layers]
         return path, runner

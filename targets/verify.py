@@ -10,6 +10,7 @@ import torch
 
 from compressor.errors import VerificationError
 from compressor.state import State
+from targets.runtime.check import compare
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ def fresh_inputs(example: tuple[torch.Tensor, ...], generator: torch.Generator) 
     return tuple(out)
 
 
+def trial_inputs(state: State, trials: int = 3, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """The example inputs, then ``trials`` fresh random ones (the same for the same ``seed``)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [state.example_inputs] + [fresh_inputs(state.example_inputs, generator) for _ in range(trials)]
+
+
 def verify(
     run: Callable[[Sequence[np.ndarray]], list[np.ndarray]],
     state: State,
@@ -46,28 +53,11 @@ def verify(
 
     The tolerance is ``atol + rtol * max|reference|`` over each trial's outputs.
     """
-    generator = torch.Generator().manual_seed(seed)
     worst, tolerance = 0.0, atol
-    for trial in range(trials + 1):
-        inputs = state.example_inputs if trial == 0 else fresh_inputs(state.example_inputs, generator)
-        expected = state.reference_outputs(inputs)
-        got = run([t.numpy() for t in inputs])
-        if len(got) != len(expected):
-            raise VerificationError(f"artifact returned {len(got)} outputs, the torch model {len(expected)}")
-        for want, have in zip(expected, got, strict=True):
-            want = want.numpy()
-            if have.shape != want.shape:
-                raise VerificationError(
-                    f"artifact output shape {have.shape} differs from torch's {want.shape}"
-                )
-            error = float(np.max(np.abs(have.astype(np.float64) - want))) if want.size else 0.0
-            if not np.isfinite(error):
-                error = float("inf")
-            limit = atol + rtol * float(np.max(np.abs(want))) if want.size else atol
-            worst, tolerance = max(worst, error), max(tolerance, limit)
-            if error > limit:
-                raise VerificationError(
-                    f"artifact output differs from the torch model by {error:.3g} (tolerance "
-                    f"{limit:.3g}); the lowering is wrong, so no latency is reported for it"
-                )
+    for inputs in trial_inputs(state, trials, seed):
+        expected = [t.numpy() for t in state.reference_outputs(inputs)]
+        error, limit, problem = compare(expected, run([t.numpy() for t in inputs]), atol, rtol)
+        if problem:
+            raise VerificationError(f"{problem}; the lowering is wrong, so no latency is reported for it")
+        worst, tolerance = max(worst, error), max(tolerance, limit)
     return Verification(trials + 1, worst, tolerance)

@@ -16,8 +16,11 @@ from models.zoo import LeNet300, LSTMClassifier
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Keep the TVM backend's kernel decisions out of the user's cache; share them in the session."""
+    from targets.emulator import root_dir
+
     path = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
+    mp.setenv("COMPRESSOR_ARM64_ROOT", str(root_dir()))  # the emulator's root is re-used, not remade
     mp.setenv("COMPRESSOR_CACHE", str(path))
     yield path
     mp.undo()

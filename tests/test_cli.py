@@ -171,7 +171,7 @@ BAD = {
     "pickled module": ([], "--trust-pickle", "pickled"),
     "sparsity 1.5": (["--sparsity", "1.5"], r"--sparsity must be a number in \[0, 1\)", None),
     "sparsity -0.1": (["--sparsity", "-0.1"], r"--sparsity must be a number in \[0, 1\)", None),
-    "unknown target": (["--target", "tpu"], "unknown target 'tpu'; known targets are: cpu", None),
+    "unknown target": (["--target", "tpu"], "unknown target 'tpu'; known targets are: arm64, cpu", None),
     "unknown backend": (["--backend", "tensorrt"], "unknown backend 'tensorrt'", None),
     "unknown recipe pass": (["--recipe", "[shrink-it]"], "unknown pass 'shrink-it'; known passes", None),
     "malformed recipe": (["--recipe", "[magnitude-prune: {sparsity: 0.9]"], "malformed recipe", None),
@@ -179,6 +179,11 @@ BAD = {
     "input shape misfit": (["--input-shape", "1x5"], "--input-shape 1x5 does not fit the model", None),
     "recipe and sparsity": (["--recipe", "[magnitude-prune]", "--sparsity", "0.5"], "not both", None),
     "unknown option": (["--sparsty", "0.5"], "No such option '--sparsty'", None),
+    "arm64 without a device": (["--target", "arm64"], "give --rpc HOST:PORT .* or --emulate", None),
+    "rpc without arm64": (["--rpc", "phone:9090"], "--rpc is for targets that run on a device", None),
+    "rpc and emulate": (["--target", "arm64", "--rpc", "a:1", "--emulate"], "not several", None),
+    "tracker without key": (["--target", "arm64", "--tracker", "a:9190"], "--tracker and --key go", None),
+    "bad rpc address": (["--target", "arm64", "--rpc", "phone"], "--rpc wants HOST:PORT, got 'phone'", None),
 }
 
 

@@ -55,5 +55,5 @@ def test_backend_choice() -> None:
     assert backends_for("cpu") == ["onnxruntime"]
     with pytest.raises(ConfigError, match="unknown backend 'tensorrt'; known backends are: onnxruntime"):
         backends_for("cpu", "tensorrt")
-    with pytest.raises(ConfigError, match="unknown target 'gpu'; known targets are: cpu"):
+    with pytest.raises(ConfigError, match="unknown target 'gpu'; known targets are: arm64, cpu"):
         backends_for("gpu")

@@ -61,9 +61,9 @@ def test_rewrite_keeps_layers_below_the_threshold_dense(tmp_path: Path) -> None:
 def test_choice_is_measured_cached_and_skips_sparse_formats_below_the_threshold(tmp_path: Path) -> None:
     timed: list[Format] = []
 
-    def timer(func: object, packed: Packed, batch: int) -> float:
-        timed.append(packed.format)
-        return 1e-6 if packed.format.name == "bsr4x1-u4" else 1e-3
+    def timer(kernels: list[tuple[object, Packed]], batch: int) -> list[float]:
+        timed.extend(packed.format for _, packed in kernels)
+        return [1e-6 if packed.format.name == "bsr4x1-u4" else 1e-3 for _, packed in kernels]
 
     rng = np.random.default_rng(0)
     dense_w = rng.standard_normal((32, 48)).astype(np.float32)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from targets.measure import measure
+from targets.runtime.measure import measure
 
 
 def test_interleaved_samples_and_counts() -> None:

@@ -1,0 +1,61 @@
+"""The deployable bundle: what goes to the device beside the artifact.
+
+``manifest.json`` (target, backend, artifact, input shapes and dtypes, output count, tolerance,
+the runtime versions it was built with, SHA-256 of every file), ``inputs.npz`` and
+``expected.npz`` (the verification inputs and the torch model's outputs for them), and the
+runners from ``targets/runtime`` — ``run.py`` verifies and times the bundle on the device with
+only numpy and the runtime installed, ``server.py`` serves it over TVM RPC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from targets.base import Compiled
+from targets.verify import trial_inputs
+
+RUNTIME = Path(__file__).resolve().parent / "runtime"
+RUNNERS = ("run.py", "server.py", "check.py", "measure.py")
+RUNTIMES = {"tvm": "apache-tvm", "onnxruntime": "onnxruntime"}
+
+
+def write_bundle(
+    compiled: Compiled, trials: int = 3, seed: int = 0, atol: float = 1e-4, rtol: float = 1e-4
+) -> dict[str, Any]:
+    """Write the bundle beside ``compiled.artifact``; return its manifest."""
+    folder = compiled.artifact.parent
+    state = compiled.state
+    cases = trial_inputs(state, trials, seed)
+    inputs, expected = {}, {}
+    for t, case in enumerate(cases):
+        inputs.update({f"t{t}_{i}": x.numpy() for i, x in enumerate(case)})
+        expected.update({f"t{t}_{o}": y.numpy() for o, y in enumerate(state.reference_outputs(case))})
+    np.savez(folder / "inputs.npz", **inputs)
+    np.savez(folder / "expected.npz", **expected)
+    for name in RUNNERS:
+        shutil.copy(RUNTIME / name, folder / name)
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
+    runtime = RUNTIMES[compiled.backend]
+    manifest = {
+        "format": 1,
+        "target": compiled.target.name,
+        "machine": compiled.target.machine,
+        "backend": compiled.backend,
+        "artifact": compiled.artifact.name,
+        "inputs": [{"shape": list(x.shape), "dtype": str(x.numpy().dtype)} for x in state.example_inputs],
+        "num_outputs": len(expected) // len(cases),
+        "trials": len(cases),
+        "tolerance": {"atol": atol, "rtol": rtol},
+        "runtime": {runtime: metadata.version(runtime), "numpy": np.__version__},
+        "run": "python3 run.py [--dense DENSE_BUNDLE] [--out result.json]",
+        "files": {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in files},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

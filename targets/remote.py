@@ -1,0 +1,232 @@
+"""Devices reached over TVM RPC: a server on the device (``--rpc``), one handed out by a tracker
+(``--tracker``/``--key``), or the arm64 emulator (``--emulate``); and runners that run
+artifacts there.
+
+TVM modules run through the standard RPC calls (upload, ``load_module``, a Relax VM on the
+remote CPU, ``time_evaluator``), which the TVM RPC app on a phone serves. ONNX Runtime models
+need the functions that ``targets/runtime/server.py`` adds to the server (a board with Python,
+or the emulator). Every failure on the device becomes a ``DeviceError`` naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compressor.errors import ConfigError, DeviceError
+from targets.runtime.measure import Sampler
+from targets.runtime.run import npz_arrays, npz_bytes
+
+CONNECT_SECONDS = 10.0
+
+
+@dataclass
+class Device:
+    """Where artifacts run: this host (``session`` None) or a TVM RPC session to a device."""
+
+    name: str
+    session: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self.info.get("emulated"))
+
+    @property
+    def cache_key(self) -> str:
+        """What kernel timings depend on: the machine, and whether it is emulated."""
+        if self.session is None:
+            return "local"
+        return f"{self.info.get('machine', 'unknown')}{'-emulated' if self.emulated else ''}"
+
+    @contextlib.contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Turn a failure of the device or the connection into one ``DeviceError`` line."""
+        try:
+            yield
+        except DeviceError:
+            raise
+        except Exception as e:
+            detail = str(e).strip().splitlines()
+            reason = next(
+                (line for line in reversed(detail) if "Error" in line), detail[-1] if detail else ""
+            )
+            raise DeviceError(
+                f"{doing} on {self.name} failed ({type(e).__name__}: {reason.strip()})"
+            ) from None
+
+
+LOCAL = Device("this host")
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{option} wants HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _reachable(host: str, port: int, what: str, fix: str) -> None:
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        raise DeviceError(f"cannot reach the {what} at {host}:{port} ({e.strerror or e}); {fix}") from None
+
+
+def connect(address: str) -> Device:
+    """A session with the TVM RPC server at ``address`` (``HOST:PORT``)."""
+    from tvm import rpc
+
+    host, port = parse_address(address, "--rpc")
+    _reachable(
+        host,
+        port,
+        "TVM RPC server",
+        f"start one on the device (python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}, "
+        "or the TVM RPC app) or fix --rpc",
+    )
+    device = Device(f"the device at {address}")
+    with device.errors("opening an RPC session"):
+        device.session = rpc.connect(host, port, session_timeout=0)
+    device.info = device_info(device.session)
+    return device
+
+
+def request(address: str, key: str) -> Device:
+    """A session with a device registered under ``key`` at the tracker at ``address``."""
+    from tvm import rpc
+
+    host, port = parse_address(address, "--tracker")
+    _reachable(host, port, "TVM RPC tracker", "start it (python -m tvm.exec.rpc_tracker) or fix --tracker")
+    device = Device(f"device {key!r} of the tracker at {address}")
+    with device.errors("asking the tracker for a device"):
+        tracker = rpc.connect_tracker(host, port)
+        keys = {item["key"].split(":", 1)[-1] for item in tracker.summary()["server_info"]}
+        if key not in keys:
+            raise DeviceError(
+                f"the tracker at {address} has no device with key {key!r} (it has: "
+                f"{', '.join(sorted(keys)) or 'none'}); register one (server --tracker {address} --key {key})"
+            )
+        device.session = tracker.request(key, priority=1, session_timeout=0)
+    device.info = device_info(device.session)
+    return device
+
+
+def device_info(session: Any) -> dict[str, Any]:
+    """What ``targets/runtime/server.py`` tells of its machine; {} from other servers."""
+    try:
+        return json.loads(session.get_function("compressor.device_info")())
+    except Exception:
+        return {}
+
+
+def upload(device: Device, path: Path) -> str:
+    """Copy ``path`` to the device under a fresh name; return that name."""
+    name = f"{uuid.uuid4().hex[:12]}-{path.name}"
+    with device.errors(f"uploading {path.name}"):
+        device.session.upload(str(path), name)
+    return name
+
+
+def load_library(device: Device, path: Path, machine: str) -> Any:
+    """Upload and load a shared library built for ``machine``; a wrong-architecture device says so."""
+    name = upload(device, path)
+    try:
+        return device.session.load_module(name)
+    except Exception as e:
+        text = str(e)
+        if any(s in text for s in ("ELF", "wrong", "cannot open shared object", "architecture")):
+            seen = device.info.get("machine") or "another architecture"
+            raise DeviceError(
+                f"{device.name} cannot load a library built for {machine} (it runs {seen}: "
+                f"{text.strip().splitlines()[-1].strip()}); point the option at a {machine} device"
+            ) from None
+        with device.errors(f"loading {path.name}"):
+            raise
+
+
+class RemoteTvmRunner:
+    """A Relax VM on the device; inputs go up, outputs come back, timing uses the device's clock."""
+
+    def __init__(self, device: Device, library: Path, machine: str) -> None:
+        from tvm import relax
+
+        self.device = device
+        self.threads = int(device.info.get("cpus") or 0)
+        self.layers: list[dict[str, Any]] = []  # the kernel chosen per weight
+        lib = load_library(device, library, machine)
+        with device.errors("starting the Relax VM"):
+            self.dev = device.session.cpu()
+            self.vm = relax.VirtualMachine(lib, self.dev)
+
+    def _set(self, inputs: Sequence[np.ndarray]) -> None:
+        import tvm
+
+        self.vm.set_input("main", *(tvm.runtime.tensor(np.ascontiguousarray(x), self.dev) for x in inputs))
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with self.device.errors("running the model"):
+            self._set(inputs)
+            self.vm.invoke_stateful("main")
+            return _numpy(self.vm.get_outputs("main"))
+
+    def sampler(self, inputs: Sequence[np.ndarray]) -> Sampler:
+        with self.device.errors("preparing the measurement"):
+            self._set(inputs)
+        evaluators: dict[int, Any] = {}
+
+        def sample(number: int) -> float:
+            with self.device.errors("measuring"):
+                if number not in evaluators:
+                    evaluators[number] = self.vm.time_evaluator("invoke_stateful", self.dev, number=number)
+                return float(evaluators[number]("main").mean)
+
+        return sample
+
+
+class RemoteOrtRunner:
+    """An ONNX Runtime session on the device, through the functions of ``runtime/server.py``."""
+
+    def __init__(self, device: Device, model: Path) -> None:
+        self.device = device
+        self.threads = int(device.info.get("cpus") or 1)
+        try:
+            load = device.session.get_function("compressor.ort_load")
+        except Exception:
+            raise DeviceError(
+                f"{device.name} serves TVM modules only, not ONNX Runtime; run the server of "
+                "the bundle there (python3 server.py) or the bundle's run.py, or use --backend tvm"
+            ) from None
+        name = upload(device, model)
+        with device.errors(f"loading {model.name} in ONNX Runtime"):
+            path = device.session.get_function("tvm.rpc.server.workpath")(name)
+            self.handle = int(load(path, self.threads))
+            self._run = device.session.get_function("compressor.ort_run")
+            self._time = device.session.get_function("compressor.ort_time")
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with self.device.errors("running the model"):
+            return npz_arrays(bytes(self._run(self.handle, bytearray(npz_bytes(inputs)))))
+
+    def sampler(self, inputs: Sequence[np.ndarray]) -> Sampler:
+        data = bytearray(npz_bytes(inputs))
+
+        def sample(number: int) -> float:
+            with self.device.errors("measuring"):
+                return float(self._time(self.handle, data, number))
+
+        return sample
+
+
+def _numpy(value: Any) -> list[np.ndarray]:
+    if isinstance(value, tuple | list):
+        return [a for v in value for a in _numpy(v)]
+    return [value.numpy()]

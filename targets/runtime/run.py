@@ -1,0 +1,182 @@
+"""Verify and time a compressor bundle on the machine this runs on; print or write its JSON.
+
+    python3 run.py [BUNDLE] [--dense DENSE_BUNDLE] [--out result.json] [--threads N]
+
+BUNDLE (default: this script's folder) holds ``manifest.json``, the artifact (``model.so`` for
+the TVM runtime, ``model.ort``/``model.onnx`` for ONNX Runtime), ``inputs.npz`` and the torch
+model's outputs for them, ``expected.npz``. The artifact's outputs are compared with those
+(tolerance ``atol + rtol * max|expected|``, as on the host), then timed; with ``--dense`` the
+unpruned model's bundle is verified too and both are timed taking turns. Needs numpy and the
+artifact's runtime (``apache-tvm`` or ``onnxruntime``), nothing else. Exit 1 when an output
+differs (no latency is reported for a wrong artifact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__:
+    from . import check, measure
+else:  # a script beside its files, in a bundle or on a device
+    import check
+    import measure
+
+Run = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+
+
+def ort_session(path: str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(session: Any) -> Run:
+    names = [i.name for i in session.get_inputs()]
+
+    def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o) for o in session.run(None, dict(zip(names, inputs, strict=True)))]
+
+    return run
+
+
+def tvm_runner(path: str) -> Run:
+    import tvm
+    from tvm import relax
+
+    device = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(path), device)
+
+    def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return flatten(vm["main"](*(tvm.runtime.tensor(x, device) for x in inputs)))
+
+    return run
+
+
+def flatten(value: Any) -> list[np.ndarray]:
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    return [a for v in value for a in flatten(v)]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load(folder: Path, threads: int) -> tuple[dict[str, Any], Run]:
+    """The bundle's manifest and a runner for its artifact, after checking the files' hashes."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        if sha256(folder / name) != digest:
+            raise SystemExit(
+                f"error: {folder / name} does not match its hash in manifest.json; copy it again"
+            )
+    artifact = str(folder / manifest["artifact"])
+    if manifest["backend"] == "tvm":
+        return manifest, tvm_runner(artifact)
+    return manifest, ort_runner(ort_session(artifact, threads))
+
+
+def cases(folder: Path, manifest: dict[str, Any]) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """(inputs, expected outputs) per trial, from ``inputs.npz`` and ``expected.npz``."""
+    inputs, expected = np.load(folder / "inputs.npz"), np.load(folder / "expected.npz")
+    return [
+        (
+            [inputs[f"t{t}_{i}"] for i in range(len(manifest["inputs"]))],
+            [expected[f"t{t}_{o}"] for o in range(manifest["num_outputs"])],
+        )
+        for t in range(manifest["trials"])
+    ]
+
+
+def verify(folder: Path, manifest: dict[str, Any], run: Run) -> dict[str, Any]:
+    worst, tolerance = 0.0, 0.0
+    tol = manifest["tolerance"]
+    for inputs, expected in cases(folder, manifest):
+        error, limit, problem = check.compare(expected, run(inputs), tol["atol"], tol["rtol"])
+        if problem:
+            return {"verified": False, "error": problem, "max_abs_error": error, "tolerance": limit}
+        worst, tolerance = max(worst, error), max(tolerance, limit)
+    return {"verified": True, "max_abs_error": worst, "tolerance": tolerance, "trials": manifest["trials"]}
+
+
+def run_bundle(
+    folder: Path, dense: Path | None = None, threads: int | None = None, min_seconds: float = 1.0
+) -> dict[str, Any]:
+    """Verify the bundle in ``folder`` (and ``dense``), then time it (and ``dense``, in turns)."""
+    threads = threads or os.cpu_count() or 1
+    manifest, run = load(folder, threads)
+    result: dict[str, Any] = {
+        "target": manifest["target"],
+        "backend": manifest["backend"],
+        "machine": platform.machine(),
+        "threads": threads,
+        **verify(folder, manifest, run),
+    }
+    if not result["verified"]:
+        return result
+    example = cases(folder, manifest)[0][0]
+    samplers = {"model": measure.loop(lambda: run(example))}
+    if dense is not None:
+        dense_manifest, dense_run = load(dense, threads)
+        checked = verify(dense, dense_manifest, dense_run)
+        if not checked["verified"]:
+            return {**result, "verified": False, "error": f"the dense bundle: {checked['error']}"}
+        dense_example = cases(dense, dense_manifest)[0][0]
+        samplers["dense"] = measure.loop(lambda: dense_run(dense_example))
+    timed = measure.measure_samplers(samplers, min_seconds=min_seconds)
+    result["latency_ms"] = timed["model"].to_json()
+    if dense is not None:
+        result["dense_latency_ms"] = timed["dense"].to_json()
+        result["speedup"] = round(timed["dense"].median / timed["model"].median, 4)
+    return result
+
+
+def npz_bytes(arrays: Sequence[np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    return buffer.getvalue()
+
+
+def npz_arrays(data: bytes) -> list[np.ndarray]:
+    archive = np.load(io.BytesIO(data))
+    return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", nargs="?", default=str(Path(__file__).resolve().parent))
+    parser.add_argument("--dense", help="the unpruned model's bundle, timed in turns with this one")
+    parser.add_argument("--out", help="write the JSON here as well as printing it")
+    parser.add_argument("--threads", type=int, help="threads for ONNX Runtime (default: every core)")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per model")
+    args = parser.parse_args(argv)
+    dense = Path(args.dense) if args.dense else None
+    result = run_bundle(Path(args.bundle), dense, args.threads, args.min_seconds)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    if not result["verified"]:
+        print(f"error: {result['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
