@@ -85,7 +85,7 @@ class RichUI:
     multiple=True,
     default=("cpu",),
     show_default=True,
-    help="Device to lower for (repeatable): cpu (this host), arm64 (a device: --rpc, --tracker or --emulate).",
+    help="Device to lower for (repeatable): cpu (this host), arm64 (--rpc, --tracker or --emulate).",
 )
 @click.option(
     "--backend",

@@ -122,7 +122,6 @@ def is_main_process() -> bool:
 
 def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
     """Run ``job``; write its output folder; return the report. Raises ``CompressorError``."""
-
     ui = ui or QuietUI()
     # Check every option before any slow step.
     pipeline = job.pipeline()
@@ -183,7 +182,7 @@ def open_device(job: Job, target: str, ui: UI) -> Iterator[Any]:
         from targets.emulator import emulated_device
 
         with contextlib.ExitStack() as stack:
-            with ui.step(f"{target}: starting the emulated device (qemu)"):
+            with ui.step(f"{target}: starting the emulated device (qemu; provisioned once, ~4 min)"):
                 device = stack.enter_context(emulated_device())
             yield device
     else:

@@ -23,6 +23,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from compressor.errors import DeviceError
 from targets.base import cache_root
+from targets.remote import Device, connect
 
 SUITE = "bookworm"  # its python3 is 3.11, the version the wheels are fetched for
 MIRROR = os.environ.get("COMPRESSOR_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -228,6 +230,9 @@ class Emulator:
                 os.killpg(proc.pid, 9)
             proc.wait()
         self.procs.clear()
+        for log in self.logs:
+            log.unlink(missing_ok=True)
+        self.logs.clear()
 
     def __enter__(self) -> Emulator:
         return self
@@ -237,10 +242,8 @@ class Emulator:
 
 
 @contextlib.contextmanager
-def emulated_device(say: Callable[[str], None] = lambda _: None) -> Iterator[object]:
+def emulated_device(say: Callable[[str], None] = lambda _: None) -> Iterator[Device]:
     """Provision (or re-use) the root, start one server on loopback, yield a session to it."""
-    from targets.remote import connect
-
     root = provision(say=say)
     with Emulator(root) as emulator:
         port = emulator.start()
@@ -264,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "provision":
             print(root)
             return 0
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the servers on kill too
         with Emulator(root) as emulator:
             for i in range(args.count):
                 port = emulator.start(args.port + 100 * i, args.tracker, args.key)

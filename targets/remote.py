@@ -144,10 +144,13 @@ def load_library(device: Device, path: Path, machine: str) -> Any:
     except Exception as e:
         text = str(e)
         if any(s in text for s in ("ELF", "wrong", "cannot open shared object", "architecture")):
-            seen = device.info.get("machine") or "another architecture"
+            reason = text.strip().splitlines()[-1].split("is false: ")[-1].strip()
+            seen = (
+                f"it runs {device.info['machine']}" if device.info.get("machine") else "wrong architecture?"
+            )
             raise DeviceError(
-                f"{device.name} cannot load a library built for {machine} (it runs {seen}: "
-                f"{text.strip().splitlines()[-1].strip()}); point the option at a {machine} device"
+                f"{device.name} cannot load a library built for {machine} ({seen}: {reason}); "
+                f"point --rpc or --tracker at an {machine} device"
             ) from None
         with device.errors(f"loading {path.name}"):
             raise
@@ -179,7 +182,7 @@ class RemoteTvmRunner:
             return _numpy(self.vm.get_outputs("main"))
 
     def sampler(self, inputs: Sequence[np.ndarray]) -> Sampler:
-        with self.device.errors("preparing the measurement"):
+        with self.device.errors("measuring"):
             self._set(inputs)
         evaluators: dict[int, Any] = {}
 

@@ -281,7 +281,18 @@ def rewrite_matmuls(
         out = relax.call_tir(gvar, [flat, *consts], out_ty=relax.TensorType((batch, n), "float32"))
         return relax.op.reshape(out, (*shape[:-1], n)) if len(shape) != 2 else out
 
-    main = rewrite_call(pattern, rewriter, mod["main"])
+    errors: list[Exception] = []
+
+    def guarded(call: Any, matches: dict) -> Any:  # exceptions crossing TVM's FFI lose their type
+        try:
+            return rewriter(call, matches)
+        except Exception as e:
+            errors.append(e)
+            return call
+
+    main = rewrite_call(pattern, guarded, mod["main"])
+    if errors:
+        raise errors[0]
     mod = builder.get()
     mod["main"] = main
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
