@@ -95,16 +95,19 @@ class Job:
             for name, given in (("--rpc", self.rpc), ("--tracker", self.tracker), ("--emulate", self.emulate))
             if given
         ]
-        remote = [t for t in dict.fromkeys(self.targets) if TARGETS.get(t).remote]
+        chosen = [TARGETS.get(t) for t in dict.fromkeys(self.targets)]
         if len(ways) > 1:
             raise ConfigError(f"give one of {' / '.join(ways)}, not several")
         if bool(self.tracker) != bool(self.key):
             raise ConfigError("--tracker and --key go together: the tracker hands out a device by its key")
-        if ways and not remote:
-            raise ConfigError(f"{ways[0]} is for targets that run on a device (arm64); add --target arm64")
-        if remote and not ways:
+        if self.emulate and not any(t.emulator for t in chosen):
+            raise ConfigError("--emulate is for the arm64 target; add --target arm64")
+        if ways and not any(t.rpc for t in chosen):
+            raise ConfigError(f"{ways[0]} is for targets that run on a device (arm64, cuda); add --target")
+        needy = [t.name for t in chosen if t.remote]
+        if needy and not ways:
             raise ConfigError(
-                f"target {remote[0]} runs on a device: give --rpc HOST:PORT (a TVM RPC server on it), "
+                f"target {needy[0]} runs on a device: give --rpc HOST:PORT (a TVM RPC server on it), "
                 "--tracker HOST:PORT --key KEY, or --emulate (an emulated arm64 device)"
             )
         if self.rpc:
@@ -141,7 +144,7 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
         return {}
 
     entries: list[dict[str, Any]] = []
-    failure: DeviceError | None = None
+    failures: list[DeviceError] = []  # the device failed, not the model: keep what was built
     with output_dir(job.out_dir) as out, tempfile.TemporaryDirectory() as scratch:
         with ui.step("saving the compressed model (torch.export)"):
             save_exported(final, out / "model.pt2")
@@ -150,23 +153,26 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
         if job.plot:
             with ui.step("plotting"):
                 write_plots(final.history, out / "plots")
-        try:
-            for target in dict.fromkeys(t for t, _ in pairs):
+        for target in dict.fromkeys(t for t, _ in pairs):
+            try:
                 with open_device(job, target, ui) as device:
                     for backend in (b for t, b in pairs if t == target):
-                        entries.append(
-                            lower_and_measure(
-                                job, original, final, target, backend, device, out, Path(scratch), ui
+                        try:
+                            entries.append(
+                                lower_and_measure(
+                                    job, original, final, target, backend, device, out, Path(scratch), ui
+                                )
                             )
-                        )
-        except DeviceError as e:  # keep what was built: the device failed, not the model
-            failure = e
+                        except DeviceError as e:
+                            failures.append(e)
+            except DeviceError as e:
+                failures.append(e)
         report = build_report(job, original, final, metric_before, pipeline, entries)
-        if failure:
-            report["error"] = str(failure)
+        if failures:
+            report["error"] = "; ".join(map(str, failures))
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    if failure:
-        raise DeviceError(f"{failure}; what was built is kept in {job.out_dir}")
+    if failures:
+        raise DeviceError(f"{failures[0]}; what was built is kept in {job.out_dir}")
     return report
 
 
@@ -176,22 +182,23 @@ def open_device(job: Job, target: str, ui: UI) -> Iterator[Any]:
     import targets
     from compressor.registry import TARGETS
 
-    if not TARGETS.get(target).remote:
-        yield targets.LOCAL
-    elif job.emulate:
+    tgt = TARGETS.get(target)
+    if job.emulate and tgt.emulator:
         from targets.emulator import emulated_device
 
         with contextlib.ExitStack() as stack:
             with ui.step(f"{target}: starting the emulated device (qemu; provisioned once, ~4 min)"):
                 device = stack.enter_context(emulated_device())
             yield device
-    else:
+    elif (job.rpc or job.tracker) and tgt.rpc:
         from targets.remote import connect, request
 
         where = job.rpc or f"{job.tracker} ({job.key})"
         with ui.step(f"{target}: connecting to the device at {where}"):
             device = connect(job.rpc) if job.rpc else request(str(job.tracker), str(job.key))
         yield device
+    else:
+        yield targets.LOCAL
 
 
 def lower_and_measure(
@@ -211,9 +218,9 @@ def lower_and_measure(
 
     with ui.step(f"{target}/{backend}: lowering and verifying"):
         compiled = targets.lower(final, target, backend, out / f"{target}-{backend}", device)
-        compiled.verify(seed=job.seed)
-        if compiled.target.remote:
+        if compiled.target.rpc:  # runs elsewhere: the bundle goes with it
             write_bundle(compiled, seed=job.seed)
+        compiled.verify(seed=job.seed)
     dense_latency = latency = dense_bytes = None
     if job.measure:
         with ui.step(f"{target}/{backend}: lowering and verifying the dense model"):

@@ -7,7 +7,7 @@ from pathlib import Path
 from compressor.errors import ConfigError
 from compressor.registry import BACKENDS, TARGETS
 from compressor.state import State
-from targets import arm64, cpu, onnxruntime, tvm  # noqa: F401  (register)
+from targets import arm64, cpu, cuda, onnxruntime, tvm  # noqa: F401  (register)
 from targets.base import Compiled, Target
 from targets.remote import LOCAL, Device
 from targets.runtime.measure import Latency, measure, measure_samplers

@@ -25,6 +25,8 @@ ARM64 = TARGETS.register("arm64")(
         backends=("tvm", "onnxruntime"),
         defaults=("tvm", "onnxruntime"),
         remote=True,
+        rpc=True,
+        emulator=True,
         machine="aarch64",
     )
 )
@@ -37,7 +39,7 @@ def android_ndk() -> Path | None:
     return Path(ndk) if ndk else None
 
 
-def tvm_target() -> dict[str, Any]:
+def tvm_target(device: object = None) -> dict[str, Any]:
     triple = "aarch64-linux-android" if android_ndk() else "aarch64-linux-gnu"
     return {"kind": "llvm", "mtriple": triple, "mattr": ["+neon"]}
 

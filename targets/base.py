@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from compressor.errors import DeviceError
 from compressor.state import State
 from targets.runtime.measure import Latency, Sampler, loop, measure_samplers
 from targets.verify import Verification, verify
@@ -35,8 +36,11 @@ class Target:
     description: str
     backends: tuple[str, ...]
     defaults: tuple[str, ...]
-    remote: bool = False  # runs on a device reached over RPC (--rpc, --tracker, --emulate)
-    machine: str = "x86_64"
+    remote: bool = False  # runs only on a device reached over RPC (--rpc, --tracker, --emulate)
+    rpc: bool = False  # accepts --rpc / --tracker
+    emulator: bool = False  # accepts --emulate
+    machine: str = "x86_64"  # the host CPU of the device
+    device_type: str = "cpu"  # where the model runs on it: "cpu" or "cuda"
 
 
 class Runner(Protocol):
@@ -46,6 +50,21 @@ class Runner(Protocol):
     threads: int
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass
+class Unavailable:
+    """A built artifact with nothing here to run it on: running it raises ``DeviceError``
+    naming the fix (the job then keeps the artifact and its bundle)."""
+
+    reason: str
+    threads: int = 0
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        raise DeviceError(self.reason)
+
+    def sampler(self, inputs: Sequence[np.ndarray]) -> Sampler:
+        raise DeviceError(self.reason)
 
 
 class Backend(Protocol):

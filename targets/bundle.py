@@ -47,6 +47,7 @@ def write_bundle(
         "format": 1,
         "target": compiled.target.name,
         "machine": compiled.target.machine,
+        "device": compiled.target.device_type,
         "backend": compiled.backend,
         "artifact": compiled.artifact.name,
         "inputs": [{"shape": list(x.shape), "dtype": str(x.numpy().dtype)} for x in state.example_inputs],

@@ -25,10 +25,10 @@ import torch
 from compressor.errors import ConfigError, LoweringError
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
-from targets.base import Target
+from targets.base import Runner, Target, Unavailable
 from targets.remote import LOCAL, Device, RemoteOrtRunner
 
-PROVIDERS = {"cpu": "CPUExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "arm64": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def export_onnx(state: State, path: Path) -> None:
@@ -110,19 +110,30 @@ class OnnxRuntimeBackend:
 
     def build(
         self, state: State, target: Target, out_dir: Path, device: Device = LOCAL
-    ) -> tuple[Path, OrtRunner | RemoteOrtRunner]:
-        if target.remote:  # runs ONNX Runtime on the device: the ORT Mobile form goes with it
-            out_dir.mkdir(parents=True, exist_ok=True)
-            export_onnx(state, out_dir / "model.onnx")
-            path = convert_to_ort(out_dir / "model.onnx")
-            return path, RemoteOrtRunner(device, path)
+    ) -> tuple[Path, Runner]:
         if target.name not in PROVIDERS:
             raise ConfigError(f"backend onnxruntime has no execution provider for target {target.name!r}")
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            raise LoweringError("onnxruntime is not installed; pip install onnxruntime") from None
+        provider = PROVIDERS[target.name]
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "model.onnx"
         export_onnx(state, path)
-        return path, OrtRunner(path, PROVIDERS[target.name], self.threads)
+        if target.remote:  # a phone or board: the ORT Mobile form goes with it
+            path = convert_to_ort(path)
+        if device.session is not None:
+            return path, RemoteOrtRunner(device, path, provider)
+        try:
+            import onnxruntime
+        except ImportError:
+            raise LoweringError("onnxruntime is not installed; pip install onnxruntime") from None
+        if target.device_type == "cuda":
+            from targets.cuda import gpu, no_gpu
+
+            if provider not in onnxruntime.get_available_providers():
+                return path, Unavailable(
+                    f"ONNX Runtime here has no {provider}, so the cuda/onnxruntime artifact cannot be "
+                    "verified here; its bundle is kept: on a GPU machine, pip uninstall -y onnxruntime && "
+                    "pip install -e '.[cuda]', or run the bundle's run.py there"
+                )
+            if gpu(device) is None:
+                return path, Unavailable(no_gpu(device, "onnxruntime"))
+        return path, OrtRunner(path, provider, self.threads)

@@ -159,7 +159,7 @@ def load_library(device: Device, path: Path, machine: str) -> Any:
 class RemoteTvmRunner:
     """A Relax VM on the device; inputs go up, outputs come back, timing uses the device's clock."""
 
-    def __init__(self, device: Device, library: Path, machine: str) -> None:
+    def __init__(self, device: Device, library: Path, machine: str, device_type: str = "cpu") -> None:
         from tvm import relax
 
         self.device = device
@@ -167,7 +167,7 @@ class RemoteTvmRunner:
         self.layers: list[dict[str, Any]] = []  # the kernel chosen per weight
         lib = load_library(device, library, machine)
         with device.errors("starting the Relax VM"):
-            self.dev = device.session.cpu()
+            self.dev = getattr(device.session, device_type)(0)
             self.vm = relax.VirtualMachine(lib, self.dev)
 
     def _set(self, inputs: Sequence[np.ndarray]) -> None:
@@ -198,7 +198,7 @@ class RemoteTvmRunner:
 class RemoteOrtRunner:
     """An ONNX Runtime session on the device, through the functions of ``runtime/server.py``."""
 
-    def __init__(self, device: Device, model: Path) -> None:
+    def __init__(self, device: Device, model: Path, provider: str = "CPUExecutionProvider") -> None:
         self.device = device
         self.threads = int(device.info.get("cpus") or 1)
         try:
@@ -211,7 +211,7 @@ class RemoteOrtRunner:
         name = upload(device, model)
         with device.errors(f"loading {model.name} in ONNX Runtime"):
             path = device.session.get_function("tvm.rpc.server.workpath")(name)
-            self.handle = int(load(path, self.threads))
+            self.handle = int(load(path, self.threads, provider))
             self._run = device.session.get_function("compressor.ort_run")
             self._time = device.session.get_function("compressor.ort_time")
 

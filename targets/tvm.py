@@ -29,7 +29,7 @@ import torch
 from compressor.errors import DeviceError, LoweringError
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
-from targets.base import Target, cache_root
+from targets.base import Runner, Target, Unavailable, cache_root
 from targets.kernels import Format, Packed, block_fill, kernel, pack
 from targets.remote import LOCAL, Device, RemoteTvmRunner, load_library
 
@@ -43,15 +43,16 @@ def set_threads() -> int:
     return int(os.environ["TVM_NUM_THREADS"])
 
 
-def host_target() -> dict[str, Any]:
+def host_target(device: object = None) -> dict[str, Any]:
     """The LLVM target of this host: TVM wants the triple and CPU name spelled out."""
     import tvm
 
     return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
 
 
-TARGETS: dict[str, Callable[[], dict[str, Any]]] = {"cpu": host_target}
-"""The LLVM target per compressor target; other target modules add theirs."""
+TARGETS: dict[str, Callable[[Device], dict[str, Any]]] = {"cpu": host_target}
+"""The TVM target per compressor target, given the device it will run on; other target
+modules add theirs."""
 COMPILERS: dict[str, Callable[[], Any]] = {}
 """The ``export_library`` compiler per target, where it is not this host's (cross compilers)."""
 
@@ -406,12 +407,12 @@ def parameter_names(state: State) -> dict[bytes, str]:
 class TvmRunner:
     """A Relax VM over a compiled library."""
 
-    def __init__(self, library: Path) -> None:
+    def __init__(self, library: Path, device_type: str = "cpu") -> None:
         import tvm
         from tvm import relax
 
         self.threads = set_threads()
-        self.device = tvm.cpu()
+        self.device = tvm.device(device_type, 0)
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
         self._tensor = tvm.runtime.tensor
         self.layers: list[dict[str, Any]] = []  # the kernel chosen per weight, when built here
@@ -454,7 +455,7 @@ class TvmBackend:
 
     def build(
         self, state: State, target: Target, out_dir: Path, device: Device = LOCAL
-    ) -> tuple[Path, TvmRunner | RemoteTvmRunner]:
+    ) -> tuple[Path, Runner]:
         try:
             import tvm
         except ImportError:
@@ -462,11 +463,12 @@ class TvmBackend:
         if target.name not in TARGETS:
             raise LoweringError(f"backend tvm cannot build for target {target.name!r} yet")
         out_dir.mkdir(parents=True, exist_ok=True)
-        tvm_target = TARGETS[target.name]()
+        tvm_target = TARGETS[target.name](device)
         compiler = COMPILERS[target.name]() if target.name in COMPILERS else None
+        kernels = self.kernels and tvm_target["kind"] == "llvm"  # ours are CPU kernels (for now)
         try:
             module = export_relax(state, self.fix_indices)
-            if self.kernels:
+            if kernels:
                 chooser = KernelChooser(
                     tvm_target,
                     self.threshold,
@@ -480,16 +482,42 @@ class TvmBackend:
                     module, chooser.choose, vector_lanes(tvm_target), parameter_names(state)
                 )
             target_obj = tvm.target.Target(tvm_target)
-            pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target)) if self.kernels else "default"
+            pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target)) if kernels else "default"
             executable = tvm.compile(module, target=target_obj, relax_pipeline=pipeline)
             path = out_dir / "model.so"
             executable.export_library(str(path), fcompile=compiler)
+            write_device_source(executable, out_dir)
         except (LoweringError, DeviceError):
             raise
         except Exception as e:
             raise LoweringError(
                 f"TVM lowering failed ({type(e).__name__}: {str(e).splitlines()[0]})"
             ) from None
-        runner = TvmRunner(path) if device.session is None else RemoteTvmRunner(device, path, target.machine)
-        runner.layers = [layer.to_json() for layer in self.layers]
+        runner = load_runner(path, target, device)
+        if self.layers:
+            runner.layers = [layer.to_json() for layer in self.layers]  # type: ignore[attr-defined]
         return path, runner
+
+
+def write_device_source(executable: Any, out_dir: Path) -> None:
+    """Write the CUDA C of the GPU kernels (compiled into ``model.so`` by nvcc) as ``model.cu``."""
+    pending, sources = [executable.mod], []
+    while pending:
+        module = pending.pop()
+        if module.kind == "cuda":
+            sources.append(module.inspect_source())
+        pending.extend(module.imports)
+    if sources:
+        (out_dir / "model.cu").write_text("\n".join(sources))
+
+
+def load_runner(path: Path, target: Target, device: Device) -> Runner:
+    """Load ``path`` where it runs: here, on the RPC device, or (no GPU) nowhere."""
+    if target.device_type == "cuda":
+        from targets.cuda import gpu, no_gpu
+
+        if gpu(device) is None:
+            return Unavailable(no_gpu(device, "tvm"))
+    if device.session is None:
+        return TvmRunner(path, target.device_type)
+    return RemoteTvmRunner(device, path, target.machine, target.device_type)

@@ -183,6 +183,7 @@ BAD = {
     "rpc without arm64": (["--rpc", "phone:9090"], "--rpc is for targets that run on a device", None),
     "rpc and emulate": (["--target", "arm64", "--rpc", "a:1", "--emulate"], "not several", None),
     "tracker without key": (["--target", "arm64", "--tracker", "a:9190"], "--tracker and --key go", None),
+    "emulate for cuda": (["--target", "cuda", "--emulate"], "--emulate is for the arm64 target", None),
     "bad rpc address": (["--target", "arm64", "--rpc", "phone"], "--rpc wants HOST:PORT, got 'phone'", None),
 }
 

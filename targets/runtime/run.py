@@ -35,15 +35,23 @@ else:  # a script beside its files, in a bundle or on a device
 Run = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
-def ort_session(path: str, threads: int) -> Any:
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def ort_session(path: str, threads: int, provider: str = "CPUExecutionProvider") -> Any:
     import onnxruntime as ort
 
+    if provider not in ort.get_available_providers():
+        raise RuntimeError(
+            f"ONNX Runtime here has no {provider} (it has {', '.join(ort.get_available_providers())}); "
+            "for CUDA install onnxruntime-gpu in place of onnxruntime"
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, options, providers=[provider])
 
 
 def ort_runner(session: Any) -> Run:
@@ -55,11 +63,11 @@ def ort_runner(session: Any) -> Run:
     return run
 
 
-def tvm_runner(path: str) -> Run:
+def tvm_runner(path: str, device_type: str = "cpu") -> Run:
     import tvm
     from tvm import relax
 
-    device = tvm.cpu()
+    device = tvm.device(device_type, 0)
     vm = relax.VirtualMachine(tvm.runtime.load_module(path), device)
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -78,18 +86,25 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load(folder: Path, threads: int) -> tuple[dict[str, Any], Run]:
-    """The bundle's manifest and a runner for its artifact, after checking the files' hashes."""
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The bundle's manifest, after checking every file against its hash."""
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, digest in manifest["files"].items():
-        if sha256(folder / name) != digest:
+        if not (folder / name).is_file() or sha256(folder / name) != digest:
             raise SystemExit(
-                f"error: {folder / name} does not match its hash in manifest.json; copy it again"
+                f"error: {folder / name} is missing or does not match manifest.json; copy it again"
             )
+    return manifest
+
+
+def load(folder: Path, threads: int) -> tuple[dict[str, Any], Run]:
+    """The bundle's manifest and a runner for its artifact."""
+    manifest = read_manifest(folder)
     artifact = str(folder / manifest["artifact"])
+    device_type = manifest.get("device", "cpu")
     if manifest["backend"] == "tvm":
-        return manifest, tvm_runner(artifact)
-    return manifest, ort_runner(ort_session(artifact, threads))
+        return manifest, tvm_runner(artifact, device_type)
+    return manifest, ort_runner(ort_session(artifact, threads, PROVIDERS[device_type]))
 
 
 def cases(folder: Path, manifest: dict[str, Any]) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:

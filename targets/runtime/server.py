@@ -56,8 +56,8 @@ def register() -> None:
         )
 
     @tvm_ffi.register_global_func("compressor.ort_load", override=True)
-    def ort_load(path: str, threads: int) -> int:
-        session = run.ort_session(path, threads)
+    def ort_load(path: str, threads: int, provider: str) -> int:
+        session = run.ort_session(path, threads, provider)
         handle = len(sessions)
         sessions[handle] = (session, run.ort_runner(session))
         return handle

@@ -105,7 +105,7 @@ def test_bundle_runner_verifies_and_times_and_catches_tampering(lenet_state, tmp
     assert not bad["verified"] and "differs from the torch model" in bad["error"] and "latency_ms" not in bad
     # A file that changed after the build: refused by its hash.
     (copy / "model.onnx").write_bytes(b"x" + (copy / "model.onnx").read_bytes())
-    with pytest.raises(SystemExit, match="does not match its hash"):
+    with pytest.raises(SystemExit, match="does not match manifest.json"):
         runner.run_bundle(copy)
 
 
