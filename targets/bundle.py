@@ -56,6 +56,7 @@ def write_bundle(
         "tolerance": {"atol": atol, "rtol": rtol},
         "runtime": {runtime: metadata.version(runtime), "numpy": np.__version__},
         "run": "python3 run.py [--dense DENSE_BUNDLE] [--out result.json]",
+        "kernels": getattr(compiled.runner, "layers", None) or None,
         "files": {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in files},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

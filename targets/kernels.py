@@ -291,3 +291,71 @@ def _dense_kernel(packed: Packed, batch: int, lanes: int):
                     y[b0 * bb + b1, i] = total[0]
 
     return dense_matmul
+
+
+WARP = 32
+
+
+def gpu_kernel(packed: Packed, batch: int, rows_per_block: int = 4, threads: bool = True):
+    """The CUDA form of the block-sparse kernel: a warp per block row, its 32 lanes striding over
+    the row's blocks, partial sums reduced through shared memory; ``rows_per_block`` warps per
+    thread block, one grid row per batch row. Values fp32 or fp16, indices uint16 or int32.
+
+    With ``threads=False`` the thread loops are serial, so the same TIR runs on a CPU: tests
+    check its arithmetic there against numpy, where no GPU is.
+    """
+    from tvm.script import tirx as T
+
+    n, k = packed.shape
+    values, indices, indptr = packed.arrays
+    r, c = packed.format.block
+    nr, slots = len(indptr) - 1, values.shape[0]
+    vdt, idt = str(values.dtype), str(indices.dtype)
+    u = packed.format.unroll
+    wr = rows_per_block
+    grid = -(-nr // wr)
+
+    def bind(extent: int, tag: str):
+        return T.thread_binding(extent, tag) if threads else T.serial(extent)
+
+    @T.prim_func
+    def bsr_matmul_cuda(
+        x: T.Buffer((batch, k), "float32"),
+        w_values: T.Buffer((slots, r, c), vdt),
+        w_indices: T.Buffer((slots,), idt),
+        w_indptr: T.Buffer((nr + 1,), "int32"),
+        y: T.Buffer((batch, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for b in bind(batch, "blockIdx.y"):
+            for g in bind(grid, "blockIdx.x"):
+                partial = T.alloc_buffer((wr, r, WARP), "float32", scope="shared")
+                for w in bind(wr, "threadIdx.y"):
+                    for lane in bind(WARP, "threadIdx.x"):
+                        acc = T.alloc_buffer((r,), "float32", scope="local")
+                        for ir in range(r):
+                            acc[ir] = T.float32(0)
+                        if g * wr + w < nr:
+                            start = w_indptr[g * wr + w] * u
+                            count = w_indptr[g * wr + w + 1] * u - start
+                            for t in range((count + WARP - 1 - lane) // WARP):
+                                p = start + lane + t * WARP
+                                for ir in range(r):
+                                    for ic in range(c):
+                                        acc[ir] = (
+                                            acc[ir]
+                                            + T.Cast("float32", w_values[p, ir, ic])
+                                            * x[b, T.Cast("int32", w_indices[p]) + ic]
+                                        )
+                        for ir in range(r):
+                            partial[w, ir, lane] = acc[ir]
+                for w in bind(wr, "threadIdx.y"):
+                    for lane in bind(WARP, "threadIdx.x"):
+                        if lane < r and g * wr + w < nr and (g * wr + w) * r + lane < n:
+                            total = T.alloc_buffer((1,), "float32", scope="local")
+                            total[0] = T.float32(0)
+                            for t in range(WARP):
+                                total[0] = total[0] + partial[w, lane, t]
+                            y[b, (g * wr + w) * r + lane] = total[0]
+
+    return bsr_matmul_cuda

@@ -30,7 +30,7 @@ from compressor.errors import DeviceError, LoweringError
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
 from targets.base import Runner, Target, Unavailable, cache_root
-from targets.kernels import Format, Packed, block_fill, kernel, pack
+from targets.kernels import Format, Packed, block_fill, gpu_kernel, kernel, pack
 from targets.remote import LOCAL, Device, RemoteTvmRunner, load_library
 
 CACHE_VERSION = 1
@@ -208,6 +208,26 @@ def default_cache() -> Path:
     return cache_root() / "tvm-kernels.json"
 
 
+# --- on a GPU ------------------------------------------------------------------------------
+
+GPU_SPARSE_AT = 0.75
+"""Sparsity from which a weight gets our CUDA kernel on a GPU (a rule until GPU timing exists):
+at batch 1 a matmul is memory-bound, and CSR with uint16 indices moves 6 bytes per nonzero
+against dense's 4 per weight, so at 75% sparse it moves 1.5/4 of the bytes; below that the
+irregular gathers are not worth it."""
+
+
+def gpu_choice(weight: np.ndarray, batch: int) -> Choice:
+    """CSR (a warp per row, ``targets.kernels.gpu_kernel``) from ``GPU_SPARSE_AT``, else dense."""
+    sparsity = 1.0 - np.count_nonzero(weight) / weight.size
+    return Choice(Format("bsr", (1, 1), unroll=1) if sparsity >= GPU_SPARSE_AT else Format("dense", unroll=1))
+
+
+def gpu_build(packed: Packed, batch: int) -> Any:
+    """Our CUDA kernel for a sparse format; None keeps TVM's GPU schedule for dense."""
+    return gpu_kernel(packed, batch) if packed.format.sparse else None
+
+
 # --- the Relax rewrite -----------------------------------------------------------------------
 
 
@@ -229,12 +249,17 @@ class Layer:
 
 
 def rewrite_matmuls(
-    mod: Any, choose: Callable[[np.ndarray, int], Choice], lanes: int, names: dict[bytes, str] | None = None
+    mod: Any,
+    choose: Callable[[np.ndarray, int], Choice],
+    build: Callable[[Packed, int], Any],
+    names: dict[bytes, str] | None = None,
 ) -> tuple[Any, list[Layer]]:
     """Replace each ``matmul(x, permute_dims(const W))`` in ``main`` with a kernel call.
 
-    One kernel is built per (weight, batch); the unrolled steps of a recurrent layer share it.
-    ``names`` maps a weight's bytes to its parameter name, for the report.
+    ``choose`` picks the format per (weight, batch); ``build`` makes its TIR function, or None
+    to keep the matmul for TVM's own schedule. One kernel is built per (weight, batch); the
+    unrolled steps of a recurrent layer share it. ``names`` maps a weight's bytes to its
+    parameter name, for the report.
     """
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
@@ -263,14 +288,14 @@ def rewrite_matmuls(
             packed: Packed = pack(weight, choice.format)
             symbol = f"{choice.format.name.replace('-', '_')}_{len(kernels)}"
             attrs = {"global_symbol": symbol, "tirx.is_scheduled": True}  # dlight leaves it alone
-            func = kernel(packed, batch, lanes).with_attrs(attrs)
-            gvar = builder.add_func(func, symbol)
+            func = build(packed, batch)
+            gvar = None if func is None else builder.add_func(func.with_attrs(attrs), symbol)
             layer = Layer(
                 name=names.get(weight.tobytes(), f"weight{len(kernels)}"),
                 shape=(n, k),
                 batch=batch,
                 sparsity=round(1.0 - np.count_nonzero(weight) / weight.size, 4),
-                format=choice.format.name,
+                format=choice.format.name if func is not None else "tvm-matmul",
                 calls=0,
                 times_ms={f: round(t, 5) for f, t in choice.times_ms.items()},
                 cached=choice.cached,
@@ -278,6 +303,8 @@ def rewrite_matmuls(
             kernels[key] = (gvar, [relax.const(a) for a in packed.arrays], layer)
         gvar, consts, layer = kernels[key]
         layer.calls += 1
+        if gvar is None:
+            return call
         flat = relax.op.reshape(x, (batch, k)) if len(shape) != 2 else x
         out = relax.call_tir(gvar, [flat, *consts], out_ty=relax.TensorType((batch, n), "float32"))
         return relax.op.reshape(out, (*shape[:-1], n)) if len(shape) != 2 else out
@@ -465,10 +492,12 @@ class TvmBackend:
         out_dir.mkdir(parents=True, exist_ok=True)
         tvm_target = TARGETS[target.name](device)
         compiler = COMPILERS[target.name]() if target.name in COMPILERS else None
-        kernels = self.kernels and tvm_target["kind"] == "llvm"  # ours are CPU kernels (for now)
+        on_gpu = tvm_target["kind"] == "cuda"
         try:
             module = export_relax(state, self.fix_indices)
-            if kernels:
+            if self.kernels and on_gpu:
+                module, self.layers = rewrite_matmuls(module, gpu_choice, gpu_build, parameter_names(state))
+            elif self.kernels:
                 chooser = KernelChooser(
                     tvm_target,
                     self.threshold,
@@ -478,11 +507,16 @@ class TvmBackend:
                     device=device,
                     compiler=compiler,
                 )
+                lanes = vector_lanes(tvm_target)
                 module, self.layers = rewrite_matmuls(
-                    module, chooser.choose, vector_lanes(tvm_target), parameter_names(state)
+                    module,
+                    chooser.choose,
+                    lambda packed, batch: kernel(packed, batch, lanes),
+                    parameter_names(state),
                 )
             target_obj = tvm.target.Target(tvm_target)
-            pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target)) if kernels else "default"
+            cpu_pipeline = self.kernels and not on_gpu
+            pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target)) if cpu_pipeline else "default"
             executable = tvm.compile(module, target=target_obj, relax_pipeline=pipeline)
             path = out_dir / "model.so"
             executable.export_library(str(path), fcompile=compiler)

@@ -5,6 +5,7 @@ here): the same models through the TVM backend, verified and measured on it."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from compressor import DeviceError, Job, run_job
 from targets import cuda
 from targets.remote import LOCAL
 from targets.runtime.run import read_manifest
+from targets.tvm import GPU_SPARSE_AT
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 MODELS = ("lenet300.pt", "lstm.pt", "lenet5.pt")
@@ -47,6 +49,10 @@ def test_without_a_gpu_both_backends_build_and_are_kept(model: str, tmp_path: Pa
         assert manifest["trials"] == 4 and manifest["num_outputs"] == 1
     source = (out / "cuda-tvm" / "model.cu").read_text()
     assert source.count("__global__") >= 2  # the GPU kernels nvcc compiled into model.so
+    kernels = read_manifest(out / "cuda-tvm")["kernels"]
+    sparse = [k["name"] for k in kernels if k["format"] == "csr-u1"]  # ours: sparsity >= 75%
+    assert sparse and all(k["format"] == "tvm-matmul" for k in kernels if k["sparsity"] < GPU_SPARSE_AT)
+    assert len(set(re.findall(r"csr_u1_\d+_kernel", source))) == len(sparse)  # our CSR kernel per weight
     assert (out / "cuda-tvm" / "model.so").stat().st_size > (out / "cuda-tvm" / "model.cu").stat().st_size / 4
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from targets.kernels import Format, block_fill, kernel, pack, unpack
+from targets.kernels import Format, block_fill, gpu_kernel, kernel, pack, unpack
 from targets.tvm import host_target, set_threads
 
 FORMATS = [
@@ -94,3 +94,43 @@ def test_block_fill() -> None:
     w[0:4, 0] = 1.0  # one full 4x1 block
     assert block_fill(w, (4, 1)) == 1.0
     assert block_fill(w, (1, 4)) == 0.25
+
+
+GPU_FORMATS = [
+    Format("bsr", (1, 1), 1),
+    Format("bsr", (1, 1), 2, dtype="float16"),
+    Format("bsr", (4, 1), 1),
+    Format("bsr", (1, 4), 1),
+]
+
+
+@pytest.mark.parametrize("fmt", GPU_FORMATS, ids=lambda f: f.name)
+def test_gpu_kernel_arithmetic_matches_numpy(fmt: Format) -> None:
+    """The CUDA kernel's TIR with its thread loops run serially on the CPU (no GPU here)."""
+    import tvm
+
+    for name, w in WEIGHTS.items():
+        if w.shape[1] < fmt.block[1]:
+            continue
+        for batch, rows in ((1, 4), (3, 1)):
+            packed = pack(w, fmt)
+            func = gpu_kernel(packed, batch, rows_per_block=rows, threads=False)
+            lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(host_target()))
+            x = np.random.default_rng(1).standard_normal((batch, w.shape[1])).astype(np.float32)
+            y = np.full((batch, w.shape[0]), np.nan, np.float32)
+            args = [tvm.runtime.tensor(a) for a in (x, *packed.arrays, y)]
+            lib["main"](*args)
+            expected = x.astype(np.float64) @ w.astype(fmt.dtype).astype(np.float64).T
+            np.testing.assert_allclose(args[-1].numpy(), expected, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_gpu_kernel_compiles_for_cuda() -> None:
+    """nvcc compiles it (no GPU needed): one kernel with a shared-memory reduction."""
+    import tvm
+
+    packed = pack(WEIGHTS["33x9"], Format("bsr", (1, 1), 1))
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80", "host": host_target()})
+    lib = tvm.compile(tvm.IRModule({"main": gpu_kernel(packed, 2)}), target=target)
+    (cuda,) = [m for m in lib.mod.imports if m.kind == "cuda"]
+    source = cuda.inspect_source()
+    assert "__shared__" in source and "__syncthreads()" in source and "blockIdx.y" in source
