@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +25,17 @@ from targets.verify import trial_inputs
 RUNTIME = Path(__file__).resolve().parent / "runtime"
 RUNNERS = ("run.py", "server.py", "check.py", "measure.py")
 RUNTIMES = {"tvm": "apache-tvm", "onnxruntime": "onnxruntime"}
+
+
+def copy_tvm_runtime(lib: Path, device_type: str) -> None:
+    """The TVM runtime libraries (a few MB, not the compiler's ~250 MB) for ``run.py`` to load
+    with ``tvm_ffi``; the CUDA one needs the NVIDIA driver and libcudart.so.13 on the device."""
+    import tvm
+
+    source = Path(tvm.__file__).parent / "lib"
+    lib.mkdir(exist_ok=True)
+    for name in ("libtvm_runtime.so", *(["libtvm_runtime_cuda.so"] if device_type == "cuda" else [])):
+        shutil.copy(source / name, lib / name)
 
 
 def write_bundle(
@@ -41,7 +53,11 @@ def write_bundle(
     np.savez(folder / "expected.npz", **expected)
     for name in RUNNERS:
         shutil.copy(RUNTIME / name, folder / name)
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
+    if compiled.backend == "tvm" and compiled.target.machine == platform.machine():
+        copy_tvm_runtime(folder / "lib", compiled.target.device_type)
+    files = sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"
+    )
     runtime = RUNTIMES[compiled.backend]
     manifest = {
         "format": 1,
@@ -54,7 +70,11 @@ def write_bundle(
         "num_outputs": len(expected) // len(cases),
         "trials": len(cases),
         "tolerance": {"atol": atol, "rtol": rtol},
-        "runtime": {runtime: metadata.version(runtime), "numpy": np.__version__},
+        "runtime": {
+            runtime: metadata.version(runtime),
+            "apache-tvm-ffi": metadata.version("apache-tvm-ffi"),
+            "numpy": np.__version__,
+        },
         "run": "python3 run.py [--dense DENSE_BUNDLE] [--out result.json]",
         "kernels": getattr(compiled.runner, "layers", None) or None,
         "files": {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in files},

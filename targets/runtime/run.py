@@ -64,6 +64,7 @@ def ort_runner(session: Any) -> Run:
 
 
 def tvm_runner(path: str, device_type: str = "cpu") -> Run:
+    """The Relax VM through the full ``tvm`` package."""
     import tvm
     from tvm import relax
 
@@ -72,6 +73,47 @@ def tvm_runner(path: str, device_type: str = "cpu") -> Run:
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return flatten(vm["main"](*(tvm.runtime.tensor(x, device) for x in inputs)))
+
+    return run
+
+
+DLPACK = {"cpu": 1, "cuda": 2}
+POOLED = 2  # the VM's pooled allocator
+
+
+def tvm_runtime_runner(path: str, device_type: str, libs: Path) -> Run:
+    """The Relax VM with only ``tvm_ffi`` (pip install apache-tvm-ffi) and the TVM runtime
+    libraries shipped in ``libs``: no TVM compiler on the device."""
+    import ctypes
+
+    import tvm_ffi
+
+    for name in ("libtvm_runtime.so", f"libtvm_runtime_{device_type}.so"):
+        if (libs / name).is_file():
+            ctypes.CDLL(str(libs / name), ctypes.RTLD_GLOBAL)
+    alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+    copy = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")
+    device, host = tvm_ffi.device(device_type, 0), tvm_ffi.device("cpu", 0)
+    vm = tvm_ffi.load_module(path)["vm_load_executable"]()
+    setup = [DLPACK[device_type], 0, POOLED] + ([] if device_type == "cpu" else [DLPACK["cpu"], 0, POOLED])
+    vm["vm_initialization"](*setup)
+    main = vm["main"]
+
+    def to_device(x: np.ndarray) -> Any:
+        x = np.ascontiguousarray(x)
+        tensor = alloc(list(x.shape), str(x.dtype), device, None)
+        copy(tvm_ffi.from_dlpack(x), tensor)
+        return tensor
+
+    def to_host(value: Any) -> list[np.ndarray]:
+        if not hasattr(value, "__dlpack__"):
+            return [a for v in value for a in to_host(v)]
+        out = alloc(list(value.shape), str(value.dtype), host, None)
+        copy(value, out)
+        return [np.from_dlpack(out).copy()]
+
+    def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return to_host(main(*(to_device(x) for x in inputs)))
 
     return run
 
@@ -100,8 +142,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def load(folder: Path, threads: int) -> tuple[dict[str, Any], Run]:
     """The bundle's manifest and a runner for its artifact."""
     manifest = read_manifest(folder)
-    artifact = str(folder / manifest["artifact"])
+    artifact = str((folder / manifest["artifact"]).resolve())  # dlopen searches bare names
     device_type = manifest.get("device", "cpu")
+    if manifest["backend"] == "tvm" and (folder / "lib").is_dir():
+        return manifest, tvm_runtime_runner(artifact, device_type, folder / "lib")
     if manifest["backend"] == "tvm":
         return manifest, tvm_runner(artifact, device_type)
     return manifest, ort_runner(ort_session(artifact, threads, PROVIDERS[device_type]))

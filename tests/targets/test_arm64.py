@@ -109,6 +109,26 @@ def test_bundle_runner_verifies_and_times_and_catches_tampering(lenet_state, tmp
         runner.run_bundle(copy)
 
 
+def test_tvm_bundle_runs_with_only_the_tvm_runtime(lenet_state, tmp_path: Path) -> None:
+    """A cpu/tvm bundle carries libtvm_runtime.so; run.py then needs tvm_ffi, not the compiler."""
+    compiled = targets.lower(lenet_state, "cpu", "tvm", tmp_path / "b")
+    manifest = write_bundle(compiled)
+    assert "lib/libtvm_runtime.so" in manifest["files"] and "apache-tvm-ffi" in manifest["runtime"]
+    script = (
+        "import sys, json, run; r = run.run_bundle(run.Path('.'), min_seconds=0.05); "
+        "print(json.dumps({'verified': r['verified'], 'tvm': 'tvm' in sys.modules}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=compiled.artifact.parent,
+        env={**os.environ, "PYTHONPATH": str(compiled.artifact.parent)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"verified": True, "tvm": False}
+
+
 def job(tmp_path: Path, **options: object) -> Job:
     return Job(model=LSTM, targets=("arm64",), sparsity=0.9, out=tmp_path / "out", **options)  # type: ignore[arg-type]
 
