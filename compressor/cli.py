@@ -85,7 +85,7 @@ class RichUI:
     multiple=True,
     default=("cpu",),
     show_default=True,
-    help="Device to lower for (repeatable): cpu (this host), arm64 (--rpc, --tracker or --emulate).",
+    help="Device to lower for (repeatable): cpu (this host), arm64, cuda.",
 )
 @click.option(
     "--backend",
@@ -94,7 +94,9 @@ class RichUI:
     help="Backend per target: onnxruntime, tvm, all, or the target's default.",
 )
 @click.option(
-    "--rpc", metavar="HOST:PORT", help="TVM RPC server on the arm64 device to build for and measure on."
+    "--rpc",
+    metavar="HOST:PORT",
+    help="TVM RPC server on the device (arm64, or a GPU machine for cuda) to measure on.",
 )
 @click.option(
     "--tracker", metavar="HOST:PORT", help="TVM RPC tracker to request the device from (with --key)."
