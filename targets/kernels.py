@@ -138,6 +138,17 @@ def unpack(packed: Packed) -> np.ndarray:
     return out[:n]
 
 
+CHUNKS = 64
+"""Parallel work items of the sparse kernel: accumulators are allocated once per item, not per
+row (TVM allocates a buffer declared inside a parallel loop through the runtime, per iteration)."""
+
+
+def _chunks(rows: int, parallel: bool) -> tuple[int, int]:
+    """Rows per work item and the number of items (none of them empty)."""
+    per = -(-rows // min(rows, CHUNKS)) if parallel and rows else max(rows, 1)
+    return per, max(1, -(-rows // per))
+
+
 def kernel(packed: Packed, batch: int, lanes: int = 8):
     """The TIR function computing ``y (batch x N) = x (batch x K) @ W.T`` for ``packed``.
 
@@ -165,6 +176,7 @@ def _bsr_kernel(packed: Packed, batch: int):
     loop_r = T.vectorized if c == 1 and r > 1 else T.unroll
     loop_c = T.vectorized if c > 1 else T.serial
     rows = T.parallel if packed.format.parallel else T.serial
+    per_chunk, chunks = _chunks(nr, packed.format.parallel)
 
     @T.prim_func
     def bsr_matmul(
@@ -175,27 +187,30 @@ def _bsr_kernel(packed: Packed, batch: int):
         y: T.Buffer((batch, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for br in rows(nr):
-            for b in range(batch):
-                acc = T.alloc_buffer((u, r, c), "float32", scope="local")
-                for i0, i1, i2 in T.grid(u, r, c):
-                    acc[i0, i1, i2] = T.float32(0)
-                for p in range(w_indptr[br], w_indptr[br + 1]):
-                    for j in loop_u(u):
-                        for ir in loop_r(r):
-                            for ic in loop_c(c):
-                                acc[j, ir, ic] = (
-                                    acc[j, ir, ic]
-                                    + T.Cast("float32", w_values[p * u + j, ir, ic])
-                                    * x[b, T.Cast("int32", w_indices[p * u + j]) + ic]
-                                )
-                for ir in range(r):
-                    if br * r + ir < n:
-                        total = T.alloc_buffer((1,), "float32", scope="local")
-                        total[0] = T.float32(0)
-                        for j, ic in T.grid(u, c):
-                            total[0] = total[0] + acc[j, ir, ic]
-                        y[b, br * r + ir] = total[0]
+        for chunk in rows(chunks):
+            acc = T.alloc_buffer((u, r, c), "float32", scope="local")
+            total = T.alloc_buffer((1,), "float32", scope="local")
+            for row in range(T.min(per_chunk, nr - chunk * per_chunk)):
+                br = chunk * per_chunk + row
+                for b in range(batch):
+                    for i0, i1, i2 in T.grid(u, r, c):
+                        acc[i0, i1, i2] = T.float32(0)
+                    for q in range(w_indptr[br + 1] - w_indptr[br]):
+                        p = w_indptr[br] + q
+                        for j in loop_u(u):
+                            for ir in loop_r(r):
+                                for ic in loop_c(c):
+                                    acc[j, ir, ic] = (
+                                        acc[j, ir, ic]
+                                        + T.Cast("float32", w_values[p * u + j, ir, ic])
+                                        * x[b, T.Cast("int32", w_indices[p * u + j]) + ic]
+                                    )
+                    for ir in range(r):
+                        if br * r + ir < n:
+                            total[0] = T.float32(0)
+                            for j, ic in T.grid(u, c):
+                                total[0] = total[0] + acc[j, ir, ic]
+                            y[b, br * r + ir] = total[0]
 
     return bsr_matmul
 
@@ -212,6 +227,7 @@ def _bsr_batch_inner_kernel(packed: Packed, batch: int):
     nr, slots = len(indptr) - 1, values.shape[0]
     vdt, idt = str(values.dtype), str(indices.dtype)
     rows = T.parallel if packed.format.parallel else T.serial
+    per_chunk, chunks = _chunks(nr, packed.format.parallel)
 
     @T.prim_func
     def bsr_matmul_batch_inner(
@@ -226,28 +242,31 @@ def _bsr_batch_inner_kernel(packed: Packed, batch: int):
         for col in range(k):
             for b in range(batch):
                 xt[col, b] = x[b, col]
-        for br in rows(nr):
+        for chunk in rows(chunks):
             acc = T.alloc_buffer((u, r, batch), "float32", scope="local")
-            for i0, i1, i2 in T.grid(u, r, batch):
-                acc[i0, i1, i2] = T.float32(0)
-            for p in range(w_indptr[br], w_indptr[br + 1]):
-                for j in T.unroll(u):
-                    for ir in T.unroll(r):
-                        for ic in T.unroll(c):
-                            for b in T.vectorized(batch):
-                                acc[j, ir, b] = (
-                                    acc[j, ir, b]
-                                    + T.Cast("float32", w_values[p * u + j, ir, ic])
-                                    * xt[T.Cast("int32", w_indices[p * u + j]) + ic, b]
-                                )
-            for ir in range(r):
-                if br * r + ir < n:
-                    for b in range(batch):
-                        total = T.alloc_buffer((1,), "float32", scope="local")
-                        total[0] = T.float32(0)
-                        for j in range(u):
-                            total[0] = total[0] + acc[j, ir, b]
-                        y[b, br * r + ir] = total[0]
+            total = T.alloc_buffer((1,), "float32", scope="local")
+            for row in range(T.min(per_chunk, nr - chunk * per_chunk)):
+                br = chunk * per_chunk + row
+                for i0, i1, i2 in T.grid(u, r, batch):
+                    acc[i0, i1, i2] = T.float32(0)
+                for q in range(w_indptr[br + 1] - w_indptr[br]):
+                    p = w_indptr[br] + q
+                    for j in T.unroll(u):
+                        for ir in T.unroll(r):
+                            for ic in T.unroll(c):
+                                for b in T.vectorized(batch):
+                                    acc[j, ir, b] = (
+                                        acc[j, ir, b]
+                                        + T.Cast("float32", w_values[p * u + j, ir, ic])
+                                        * xt[T.Cast("int32", w_indices[p * u + j]) + ic, b]
+                                    )
+                for ir in range(r):
+                    if br * r + ir < n:
+                        for b in range(batch):
+                            total[0] = T.float32(0)
+                            for j in range(u):
+                                total[0] = total[0] + acc[j, ir, b]
+                            y[b, br * r + ir] = total[0]
 
     return bsr_matmul_batch_inner
 
@@ -261,6 +280,7 @@ def _dense_kernel(packed: Packed, batch: int, lanes: int):
     main = k // width * width
     bb = packed.format.batch_block if batch % packed.format.batch_block == 0 else 1
     rows = T.parallel if packed.format.parallel else T.serial
+    per_chunk, chunks = _chunks(n, packed.format.parallel)
 
     @T.prim_func
     def dense_matmul(
@@ -269,26 +289,30 @@ def _dense_kernel(packed: Packed, batch: int, lanes: int):
         y: T.Buffer((batch, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for i in rows(n):
-            for b0 in range(batch // bb):
-                acc = T.alloc_buffer((bb, width), "float32", scope="local")
-                for b1, v in T.grid(bb, width):
-                    acc[b1, v] = T.float32(0)
-                for p in range(k // width):
-                    for b1 in T.unroll(bb):
-                        for v in T.vectorized(width):
-                            acc[b1, v] = (
-                                acc[b1, v]
-                                + T.Cast("float32", w[i, p * width + v]) * x[b0 * bb + b1, p * width + v]
+        for chunk in rows(chunks):
+            acc = T.alloc_buffer((bb, width), "float32", scope="local")
+            total = T.alloc_buffer((1,), "float32", scope="local")
+            for row in range(T.min(per_chunk, n - chunk * per_chunk)):
+                i = chunk * per_chunk + row
+                for b0 in range(batch // bb):
+                    for b1, v in T.grid(bb, width):
+                        acc[b1, v] = T.float32(0)
+                    for p in range(k // width):
+                        for b1 in T.unroll(bb):
+                            for v in T.vectorized(width):
+                                acc[b1, v] = (
+                                    acc[b1, v]
+                                    + T.Cast("float32", w[i, p * width + v]) * x[b0 * bb + b1, p * width + v]
+                                )
+                    for b1 in range(bb):
+                        total[0] = T.float32(0)
+                        for v in range(width):
+                            total[0] = total[0] + acc[b1, v]
+                        for t in range(k - main):
+                            total[0] = (
+                                total[0] + T.Cast("float32", w[i, main + t]) * x[b0 * bb + b1, main + t]
                             )
-                for b1 in range(bb):
-                    total = T.alloc_buffer((1,), "float32", scope="local")
-                    total[0] = T.float32(0)
-                    for v in range(width):
-                        total[0] = total[0] + acc[b1, v]
-                    for t in range(k - main):
-                        total[0] = total[0] + T.Cast("float32", w[i, main + t]) * x[b0 * bb + b1, main + t]
-                    y[b0 * bb + b1, i] = total[0]
+                        y[b0 * bb + b1, i] = total[0]
 
     return dense_matmul
 

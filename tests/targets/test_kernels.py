@@ -30,7 +30,7 @@ def weights() -> dict[str, np.ndarray]:
     """Odd shapes with empty rows, a fully dense row, a zero matrix, sizes off every block."""
     rng = np.random.default_rng(0)
     out = {}
-    for n, k in [(13, 7), (5, 67), (33, 9), (9, 130)]:
+    for n, k in [(13, 7), (5, 67), (33, 9), (9, 130), (150, 20)]:  # 150 rows: several per work item
         w = rng.standard_normal((n, k)).astype(np.float32)
         w[rng.random((n, k)) < 0.8] = 0
         w[1] = 0  # an empty row
