@@ -161,15 +161,20 @@ def kernel(packed: Packed, batch: int, lanes: int = 8):
     return _bsr_kernel(packed, batch)
 
 
-def _bsr_kernel(packed: Packed, batch: int):
-    from tvm.script import tirx as T
-
+def _sparse_layout(packed: Packed) -> tuple[int, int, int, int, int, int, int, str, str]:
+    """The sizes and dtypes a block-sparse kernel is specialised on: N, K, the block's R and C,
+    the unroll, block rows, stored blocks (slots), and the value and index dtypes."""
     n, k = packed.shape
     values, indices, indptr = packed.arrays
     r, c = packed.format.block
-    u = packed.format.unroll
     nr, slots = len(indptr) - 1, values.shape[0]
-    vdt, idt = str(values.dtype), str(indices.dtype)
+    return n, k, r, c, packed.format.unroll, nr, slots, str(values.dtype), str(indices.dtype)
+
+
+def _bsr_kernel(packed: Packed, batch: int):
+    from tvm.script import tirx as T
+
+    n, k, r, c, u, nr, slots, vdt, idt = _sparse_layout(packed)
     # Vectorise the innermost loop that is contiguous in memory: block columns, else block rows
     # (x broadcast), else the unrolled blocks of a CSR row (x gathered).
     loop_u = T.vectorized if (r, c) == (1, 1) else T.unroll
@@ -220,12 +225,7 @@ def _bsr_batch_inner_kernel(packed: Packed, batch: int):
     contiguous vector of the batch's activations (no gathers per batch row)."""
     from tvm.script import tirx as T
 
-    n, k = packed.shape
-    values, indices, indptr = packed.arrays
-    r, c = packed.format.block
-    u = packed.format.unroll
-    nr, slots = len(indptr) - 1, values.shape[0]
-    vdt, idt = str(values.dtype), str(indices.dtype)
+    n, k, r, c, u, nr, slots, vdt, idt = _sparse_layout(packed)
     rows = T.parallel if packed.format.parallel else T.serial
     per_chunk, chunks = _chunks(nr, packed.format.parallel)
 
@@ -330,12 +330,7 @@ def gpu_kernel(packed: Packed, batch: int, rows_per_block: int = 4, threads: boo
     """
     from tvm.script import tirx as T
 
-    n, k = packed.shape
-    values, indices, indptr = packed.arrays
-    r, c = packed.format.block
-    nr, slots = len(indptr) - 1, values.shape[0]
-    vdt, idt = str(values.dtype), str(indices.dtype)
-    u = packed.format.unroll
+    n, k, r, c, u, nr, slots, vdt, idt = _sparse_layout(packed)
     wr = rows_per_block
     grid = -(-nr // wr)
 

@@ -15,11 +15,8 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from compressor.errors import ConfigError, LoweringError
@@ -27,6 +24,7 @@ from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
 from targets.base import Runner, Target, Unavailable
 from targets.remote import LOCAL, Device, RemoteOrtRunner
+from targets.runtime.run import ort_runner, ort_session
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "arm64": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -75,30 +73,15 @@ def convert_to_ort(model: Path) -> Path:
 
 
 class OrtRunner:
-    """An ONNX Runtime session with a fixed thread count."""
+    """An ONNX Runtime session with a fixed thread count (the one ``run.py`` makes on devices)."""
 
     def __init__(self, path: Path, provider: str, threads: int) -> None:
-        import onnxruntime as ort
-
-        if provider not in ort.get_available_providers():
-            raise LoweringError(
-                f"ONNX Runtime here has no {provider} (it has {', '.join(ort.get_available_providers())})"
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=[provider])
+            session = ort_session(str(path), threads, provider)
         except Exception as e:
             raise LoweringError(f"ONNX Runtime cannot load {path.name}: {str(e).splitlines()[0]}") from None
         self.threads = threads
-        self.names = [i.name for i in self.session.get_inputs()]
-
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        outputs: list[Any] = self.session.run(None, dict(zip(self.names, inputs, strict=True)))
-        return [np.asarray(o) for o in outputs]
+        self.run = ort_runner(session)
 
 
 @BACKENDS.register("onnxruntime")

@@ -23,7 +23,7 @@ import numpy as np
 
 from compressor.errors import ConfigError, DeviceError
 from targets.runtime.measure import Sampler
-from targets.runtime.run import npz_arrays, npz_bytes
+from targets.runtime.run import flatten, npz_arrays, npz_bytes
 
 CONNECT_SECONDS = 10.0
 
@@ -179,7 +179,7 @@ class RemoteTvmRunner:
         with self.device.errors("running the model"):
             self._set(inputs)
             self.vm.invoke_stateful("main")
-            return _numpy(self.vm.get_outputs("main"))
+            return flatten(self.vm.get_outputs("main"))
 
     def sampler(self, inputs: Sequence[np.ndarray]) -> Sampler:
         with self.device.errors("measuring"):
@@ -227,9 +227,3 @@ class RemoteOrtRunner:
                 return float(self._time(self.handle, data, number))
 
         return sample
-
-
-def _numpy(value: Any) -> list[np.ndarray]:
-    if isinstance(value, tuple | list):
-        return [a for v in value for a in _numpy(v)]
-    return [value.numpy()]

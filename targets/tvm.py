@@ -32,6 +32,7 @@ from compressor.state import State, set_eval
 from targets.base import Runner, Target, Unavailable, cache_root
 from targets.kernels import Format, Packed, block_fill, gpu_kernel, kernel, pack
 from targets.remote import LOCAL, Device, RemoteTvmRunner, load_library
+from targets.runtime.run import flatten
 
 CACHE_VERSION = 2  # bump when the kernels change: cached timings are of the old ones
 SMALL = 1 << 20  # multiply-adds below which single-threaded kernels are candidates too
@@ -446,13 +447,7 @@ class TvmRunner:
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = self.vm["main"](*(self._tensor(x, self.device) for x in inputs))
-        return _flatten(out)
-
-
-def _flatten(value: Any) -> list[np.ndarray]:
-    if hasattr(value, "numpy"):
-        return [value.numpy()]
-    return [a for v in value for a in _flatten(v)]
+        return flatten(out)
 
 
 @BACKENDS.register("tvm")
