@@ -62,3 +62,39 @@ def write(
     )
     print("\n".join(lines))
     return path
+
+
+def speedup_row(result: dict[str, Any], plain: Sequence[str], with_speedup: Sequence[str]) -> list[Any]:
+    """A results row of a kernel benchmark: shape, sparsity, batch, then the median ms of each of
+    ``plain``, then of each of ``with_speedup`` with its speedup."""
+    n, k = result["shape"]
+    ms, speedup = result["ms"], result["speedup"]
+    return [
+        f"{n}x{k}",
+        f"{result['sparsity']:.0%}",
+        result["batch"],
+        *(f"{ms[name]:.4f}" for name in plain),
+        *(f"{ms[name]:.4f} ({speedup[name]:.2f}x)" for name in with_speedup),
+    ]
+
+
+def speedup_result(
+    shape: tuple[int, int],
+    sparsity: float,
+    batch: int,
+    variants: dict[str, str],
+    times: dict[str, float],
+    peers: Sequence[str],
+    ours: Sequence[str],
+) -> dict[str, Any]:
+    """One case of a kernel benchmark: median ms per callable, and each of ``ours`` as a speedup
+    over the fastest of ``peers``; ``variants`` names the kernel variant each of ours ran."""
+    best = min(times[p] for p in peers)
+    return {
+        "shape": list(shape),
+        "sparsity": sparsity,
+        "batch": batch,
+        "variants": variants,
+        "ms": times,
+        "speedup": {name: best / times[name] for name in ours},
+    }

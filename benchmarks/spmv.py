@@ -33,7 +33,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.common import write
+from benchmarks.common import speedup_result, speedup_row, write
 from targets.kernels import Format, kernel, pack
 from targets.runtime.measure import measure
 from targets.tvm import candidates, host_target, set_threads
@@ -42,7 +42,8 @@ SHAPES = [(1024, 1024), (2048, 2048), (4096, 1024), (7680, 2560)]
 SPARSITIES = [0.8, 0.9, 0.95]
 BATCHES = [1, 4, 16]
 COLUMNS = ["shape", "sparsity", "batch"]
-OURS = ["ours CSR", "ours CSR fp16", "ours BSR 1x4", "ours BSR 4x1"]
+OURS_SHORT = ["CSR", "CSR fp16", "BSR 1x4", "BSR 4x1"]
+OURS = [f"ours {name}" for name in OURS_SHORT]
 
 
 def pruned(weight: np.ndarray, sparsity: float, block: tuple[int, int], rng: np.random.Generator):
@@ -144,15 +145,9 @@ def case(kernels: Kernels, n: int, k: int, sparsity: float, batch: int, rng: np.
     # Each turn starts with 20 ms of untimed runs: the previous runtime's pool stops spinning.
     latency = measure(fns, min_samples=10, min_seconds=0.15, settle_seconds=0.02)
     times = {name: t.median for name, t in latency.items()}
-    best = min(times[p] for p in ("ORT dense", "torch dense", "TVM dense"))
-    return {
-        "shape": [n, k],
-        "sparsity": sparsity,
-        "batch": batch,
-        "variants": {name: variant for name, (variant, _) in chosen.items()},
-        "ms": times,
-        "speedup": {name: best / times[name] for name in ("CSR", "CSR fp16", "BSR 1x4", "BSR 4x1")},
-    }
+    picked = {name: variant for name, (variant, _) in chosen.items()}
+    peers = ("ORT dense", "torch dense", "TVM dense")
+    return speedup_result((n, k), sparsity, batch, picked, times, peers, OURS_SHORT)
 
 
 def main() -> None:
@@ -171,14 +166,9 @@ def main() -> None:
     for n, k in shapes:
         for sparsity in SPARSITIES:
             for batch in batches:
-                r = case(kernels, n, k, sparsity, batch, rng)
-                results.append(r)
-                ms, x = r["ms"], r["speedup"]
-                rows.append(
-                    [f"{n}x{k}", f"{sparsity:.0%}", batch]
-                    + [f"{ms[p]:.4f}" for p in ("ORT dense", "torch dense", "TVM dense", "torch CSR")]
-                    + [f"{ms[o]:.4f} ({x[o]:.2f}x)" for o in ("CSR", "CSR fp16", "BSR 1x4", "BSR 4x1")]
-                )
+                results.append(case(kernels, n, k, sparsity, batch, rng))
+                peers = ("ORT dense", "torch dense", "TVM dense", "torch CSR")
+                rows.append(speedup_row(results[-1], peers, OURS_SHORT))
                 print(rows[-1], flush=True)
     write(
         args.name or ("spmv_quick" if args.quick else "spmv"),

@@ -1,22 +1,28 @@
 """The ``cuda`` target: an NVIDIA GPU on this host, or on a GPU server reached with ``--rpc``.
 
 TVM builds for ``{"kind": "cuda", "arch": "sm_XX"}`` (the GPU's compute capability when one is
-reachable, else ``$COMPRESSOR_CUDA_ARCH``, default ``sm_80``) with TVM's GPU schedules (dlight)
-and an x86-64 host part; nvcc compiles the kernels, so this works without a GPU. ONNX Runtime
-runs the ONNX model with its CUDA execution provider (``onnxruntime-gpu``, the ``cuda`` extra).
-Without a GPU the artifacts and their bundle are built and kept, and the run ends with a
-``DeviceError`` saying where to verify them: no unverified artifact is reported as good.
+reachable, else ``$COMPRESSOR_CUDA_ARCH``, default ``sm_80``) with TVM's GPU schedules (dlight),
+our sparse kernels where the weights are sparse enough (``targets.tvm.KernelChooser``), and an
+x86-64 host part. nvcc compiles the CUDA modules into fatbins beside the library
+(``compile_binaries``), so no GPU is needed to build and none of TVM's or CUDA's compilers to
+run. ONNX Runtime runs the ONNX model with its CUDA execution provider (``onnxruntime-gpu``, the
+``cuda`` extra). Without a GPU the artifacts and their bundle are built and kept, and the run ends
+with a ``DeviceError`` saying where to verify them: no unverified artifact is reported as good.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
+from compressor.errors import LoweringError
 from compressor.registry import TARGETS
 from targets import tvm as tvm_backend
 from targets.base import Target
 from targets.remote import Device
+from targets.runtime.run import cuda_binary_name
 
 CUDA = TARGETS.register("cuda")(
     Target(
@@ -51,21 +57,75 @@ def arch(device: Device) -> str:
 
 
 def tvm_target(device: Device) -> dict[str, Any]:
+    # Where a CUDA driver is, TVM compiles CUDA modules as it builds them, with NVRTC unless
+    # told otherwise; NVRTC needs cuda-bindings, nvcc is on the machines this builds on.
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     host = (
         tvm_backend.host_target()
         if device.session is None
         else {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
     )
-    return {"kind": "cuda", "arch": arch(device), "host": host}
+    target = {"kind": "cuda", "arch": arch(device), "host": host, **LIMITS}
+    dev = gpu(device)
+    if dev is not None:
+        target["max_shared_memory_per_block"] = int(dev.max_shared_memory_per_block)
+        target["max_threads_per_block"] = int(dev.max_threads_per_block)
+    return target
+
+
+LIMITS = {"max_shared_memory_per_block": 49152, "max_threads_per_block": 1024, "thread_warp_size": 32}
+"""What TVM's GPU schedules size their tiles by, where no GPU can be asked: every CUDA GPU since
+sm_50 allows these."""
 
 
 def no_gpu(device: Device, backend: str) -> str:
     """Why ``backend``'s artifact cannot run on ``device``, and what to do."""
-    where = "this host" if device.session is None else device.name
+    if device.session is None:
+        where, fix = "this host", "or give --rpc HOST:PORT of a TVM RPC server on one"
+    else:
+        where, fix = device.name, "or point --rpc/--tracker at a server on one"
     return (
-        f"no CUDA GPU on {where} to verify and time the cuda/{backend} artifact on; its bundle is kept: "
-        "run python3 run.py in it on a GPU machine, or give --rpc HOST:PORT of a TVM RPC server on one"
+        f"no CUDA GPU on {where} to verify and time the cuda/{backend} artifact on; its bundle is "
+        f"kept: run python3 run.py in it on a GPU machine, {fix}"
     )
+
+
+def cuda_sources(module: Any) -> list[str]:
+    """The CUDA C of every CUDA module imported by ``module`` (a built library)."""
+    pending, sources = [module], []
+    while pending:
+        module = pending.pop()
+        if module.kind == "cuda":
+            sources.append(module.inspect_source())
+        pending.extend(module.imports)
+    return sources
+
+
+def compile_binaries(module: Any, folder: Path, target: dict[str, Any]) -> list[Path]:
+    """Compile each CUDA module of ``module`` with nvcc into ``folder``/cuda-<sha256>.fatbin: SASS
+    for the target's arch and its PTX (which newer GPUs compile at load). TVM 0.27 stores CUDA
+    modules built without a driver as CUDA C; the bundle's runner loads these binaries instead
+    (``targets.runtime.run.install_cuda_binaries``), so the GPU machine needs no compiler."""
+    if shutil.which("nvcc") is None:
+        raise LoweringError(
+            "nvcc not found: the cuda target compiles its kernels with it; install the CUDA "
+            "toolkit (13.x) and put its bin/ on PATH"
+        )
+    import tvm
+    from tvm.support import nvcc
+
+    version = str(target["arch"]).removeprefix("sm_")
+    gencode = ["-gencode", f"arch=compute_{version},code=sm_{version}"]
+    gencode += ["-gencode", f"arch=compute_{version},code=compute_{version}"]
+    paths = []
+    with tvm.target.Target(target):
+        for source in cuda_sources(module):
+            path = folder / cuda_binary_name(source)
+            if not path.exists():
+                binary = nvcc.compile_cuda(source, "fatbin", arch=gencode, compiler="nvcc")
+                path.write_bytes(bytes(binary))
+            paths.append(path)
+    return paths
 
 
 tvm_backend.TARGETS["cuda"] = tvm_target

@@ -32,6 +32,7 @@ class Format:
     batch_block: int = 1
     parallel: bool = True
     batch_inner: bool = False  # sparse, batch > 1: loop over the batch innermost (x transposed)
+    threads: int = 0  # GPU formats: lanes per (block) row (``gpu_kernel``); 0 for the CPU kernels
 
     @property
     def name(self) -> str:
@@ -39,6 +40,7 @@ class Format:
         base = "dense" if self.kind == "dense" else "csr" if (r, c) == (1, 1) else f"bsr{r}x{c}"
         suffix = f"-u{self.unroll}" + (f"-b{self.batch_block}" if self.batch_block > 1 else "")
         suffix += "-bt" if self.batch_inner else ""
+        suffix += f"-t{self.threads}" if self.threads else ""
         suffix += ("-fp16" if self.dtype == "float16" else "") + ("" if self.parallel else "-serial")
         return base + suffix
 
@@ -318,24 +320,71 @@ def _dense_kernel(packed: Packed, batch: int, lanes: int):
 
 
 WARP = 32
+BLOCK_THREADS = 128  # threads per thread block: BLOCK_THREADS // threads rows each
 
 
-def gpu_kernel(packed: Packed, batch: int, rows_per_block: int = 4, threads: bool = True):
-    """The CUDA form of the block-sparse kernel: a warp per block row, its 32 lanes striding over
-    the row's blocks, partial sums reduced through shared memory; ``rows_per_block`` warps per
-    thread block, one grid row per batch row. Values fp32 or fp16, indices uint16 or int32.
+def gpu_kernel(packed: Packed, batch: int, threads: bool = True):
+    """The CUDA form of the block-sparse kernel ("CSR-vector"): ``format.threads`` lanes (4 to 32,
+    a warp or a sub-warp) per block row stride over the row's chunks of ``format.unroll`` blocks,
+    each chunk read with vector loads (``ushort4`` indices, ``float4`` values); the lanes' sums
+    are then reduced with warp shuffles. ``BLOCK_THREADS // format.threads`` rows per thread
+    block. At batch > 1 either one grid row per batch row (the weight is read ``batch`` times,
+    from L2 after the first), or with ``format.batch_inner`` each lane keeps ``batch``
+    accumulators and the weight is read once (SpMM). Values fp32 or fp16, accumulated in fp32.
 
-    With ``threads=False`` the thread loops are serial, so the same TIR runs on a CPU: tests
-    check its arithmetic there against numpy, where no GPU is.
+    With ``threads=False`` the thread loops are serial and the shuffles become the same tree of
+    adds over a buffer, so the TIR runs on a CPU: tests check its arithmetic there against numpy.
     """
     from tvm.script import tirx as T
 
     n, k, r, c, u, nr, slots, vdt, idt = _sparse_layout(packed)
-    wr = rows_per_block
-    grid = -(-nr // wr)
+    lanes = packed.format.threads or WARP
+    if lanes & (lanes - 1) or not 1 <= lanes <= WARP:
+        raise ValueError(f"threads per row must be a power of two up to {WARP}, not {lanes}")
+    rows = BLOCK_THREADS // lanes
+    grid = -(-nr // rows)
+    bt = batch if packed.format.batch_inner else 1  # batch rows per lane
+    gy = batch // bt
+    steps = lanes.bit_length() - 1  # shuffle-down offsets lanes/2, ..., 1
+    per = u * r * c  # values per chunk, contiguous
+    itemsize = 2 if vdt == "float16" else 4
+    vec = per & -per  # the largest power of two dividing it, up to 16 bytes
+    while vec * itemsize > 16:
+        vec //= 2
+    ivec = u if u * (2 if idt == "uint16" else 4) <= 16 else 1
 
-    def bind(extent: int, tag: str):
-        return T.thread_binding(extent, tag) if threads else T.serial(extent)
+    @T.macro
+    def accumulate(acc, x, w_values, w_indices, w_indptr, row, lane, by):
+        vals = T.alloc_buffer((per,), vdt, scope="local")
+        idx = T.alloc_buffer((u,), idt, scope="local")
+        for bb, ir in T.grid(bt, r):
+            acc[bb, ir] = T.float32(0)
+        if row < nr:
+            start = w_indptr[row]
+            count = w_indptr[row + 1] - start
+            for t in range((count + lanes - 1 - lane) // lanes):
+                chunk = start + lane + t * lanes
+                for j0 in range(u // ivec):
+                    for j1 in T.vectorized(ivec):
+                        idx[j0 * ivec + j1] = w_indices[chunk * u + j0 * ivec + j1]
+                for e0 in range(per // vec):
+                    for e1 in T.vectorized(vec):  # no assignments in here: they would not vectorise
+                        vals[e0 * vec + e1] = w_values[
+                            chunk * u + (e0 * vec + e1) // (r * c),
+                            (e0 * vec + e1) // c % r,
+                            (e0 * vec + e1) % c,
+                        ]
+                for j, bb, ir, ic in T.grid(u, bt, r, c):
+                    acc[bb, ir] = (
+                        acc[bb, ir]
+                        + T.Cast("float32", vals[(j * r + ir) * c + ic])
+                        * x[by * bt + bb, T.Cast("int32", idx[j]) + ic]
+                    )
+
+    @T.macro
+    def store(y, total, row, by, bb, ir):
+        if row * r + ir < n:
+            y[by * bt + bb, row * r + ir] = total
 
     @T.prim_func
     def bsr_matmul_cuda(
@@ -346,35 +395,41 @@ def gpu_kernel(packed: Packed, batch: int, rows_per_block: int = 4, threads: boo
         y: T.Buffer((batch, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for b in bind(batch, "blockIdx.y"):
-            for g in bind(grid, "blockIdx.x"):
-                partial = T.alloc_buffer((wr, r, WARP), "float32", scope="shared")
-                for w in bind(wr, "threadIdx.y"):
-                    for lane in bind(WARP, "threadIdx.x"):
-                        acc = T.alloc_buffer((r,), "float32", scope="local")
-                        for ir in range(r):
-                            acc[ir] = T.float32(0)
-                        if g * wr + w < nr:
-                            start = w_indptr[g * wr + w] * u
-                            count = w_indptr[g * wr + w + 1] * u - start
-                            for t in range((count + WARP - 1 - lane) // WARP):
-                                p = start + lane + t * WARP
-                                for ir in range(r):
-                                    for ic in range(c):
-                                        acc[ir] = (
-                                            acc[ir]
-                                            + T.Cast("float32", w_values[p, ir, ic])
-                                            * x[b, T.Cast("int32", w_indices[p]) + ic]
-                                        )
-                        for ir in range(r):
-                            partial[w, ir, lane] = acc[ir]
-                for w in bind(wr, "threadIdx.y"):
-                    for lane in bind(WARP, "threadIdx.x"):
-                        if lane < r and g * wr + w < nr and (g * wr + w) * r + lane < n:
-                            total = T.alloc_buffer((1,), "float32", scope="local")
-                            total[0] = T.float32(0)
-                            for t in range(WARP):
-                                total[0] = total[0] + partial[w, lane, t]
-                            y[b, (g * wr + w) * r + lane] = total[0]
+        for by in T.thread_binding(gy, "blockIdx.y"):
+            for g in T.thread_binding(grid, "blockIdx.x"):
+                for w in T.thread_binding(rows, "threadIdx.y"):
+                    for lane in T.thread_binding(lanes, "threadIdx.x"):
+                        acc = T.alloc_buffer((bt, r), "float32", scope="local")
+                        accumulate(acc, x, w_values, w_indices, w_indptr, g * rows + w, lane, by)
+                        for bb, ir in T.grid(bt, r):
+                            for s in range(steps):
+                                acc[bb, ir] = acc[bb, ir] + T.tvm_warp_shuffle_down(
+                                    T.uint32(0xFFFFFFFF), acc[bb, ir], lanes >> (s + 1), lanes, WARP
+                                )
+                        if lane == 0:
+                            for bb, ir in T.grid(bt, r):
+                                store(y, acc[bb, ir], g * rows + w, by, bb, ir)
 
-    return bsr_matmul_cuda
+    @T.prim_func
+    def bsr_matmul_cuda_serial(
+        x: T.Buffer((batch, k), "float32"),
+        w_values: T.Buffer((slots, r, c), vdt),
+        w_indices: T.Buffer((slots,), idt),
+        w_indptr: T.Buffer((nr + 1,), "int32"),
+        y: T.Buffer((batch, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for by, g, w in T.grid(gy, grid, rows):
+            partial = T.alloc_buffer((lanes, bt, r), "float32")
+            for lane in range(lanes):
+                acc = T.alloc_buffer((bt, r), "float32")
+                accumulate(acc, x, w_values, w_indices, w_indptr, g * rows + w, lane, by)
+                for bb, ir in T.grid(bt, r):
+                    partial[lane, bb, ir] = acc[bb, ir]
+            for s, lane, bb, ir in T.grid(steps, lanes, bt, r):  # shfl_down, lanes in order
+                if lane + (lanes >> (s + 1)) < lanes:
+                    partial[lane, bb, ir] = partial[lane, bb, ir] + partial[lane + (lanes >> (s + 1)), bb, ir]
+            for bb, ir in T.grid(bt, r):
+                store(y, partial[0, bb, ir], g * rows + w, by, bb, ir)
+
+    return bsr_matmul_cuda if threads else bsr_matmul_cuda_serial

@@ -103,6 +103,9 @@ class OnnxRuntimeBackend:
         if target.remote:  # a phone or board: the ORT Mobile form goes with it
             path = convert_to_ort(path)
         if device.session is not None:
+            unavailable = remote_problem(device, target, provider)
+            if unavailable:
+                return path, Unavailable(unavailable)
             return path, RemoteOrtRunner(device, path, provider)
         try:
             import onnxruntime
@@ -120,3 +123,20 @@ class OnnxRuntimeBackend:
             if gpu(device) is None:
                 return path, Unavailable(no_gpu(device, "onnxruntime"))
         return path, OrtRunner(path, provider, self.threads)
+
+
+def remote_problem(device: Device, target: Target, provider: str) -> str | None:
+    """Why the ONNX model cannot be verified on ``device`` (no GPU, or an ONNX Runtime there
+    without ``provider``: the bundle's server says which it has), else None."""
+    if target.device_type != "cuda":
+        return None
+    from targets.cuda import gpu, no_gpu
+
+    if gpu(device) is None:
+        return no_gpu(device, "onnxruntime")
+    if provider not in device.info.get("ort_providers", [provider]):
+        return (
+            f"ONNX Runtime on {device.name} has no {provider}: pip install onnxruntime-gpu there "
+            "(in place of onnxruntime) and start the server again; the cuda/onnxruntime bundle is kept"
+        )
+    return None

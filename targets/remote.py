@@ -128,16 +128,33 @@ def device_info(session: Any) -> dict[str, Any]:
         return {}
 
 
-def upload(device: Device, path: Path) -> str:
-    """Copy ``path`` to the device under a fresh name; return that name."""
-    name = f"{uuid.uuid4().hex[:12]}-{path.name}"
+def upload(device: Device, path: Path, name: str | None = None) -> str:
+    """Copy ``path`` to the device as ``name`` (default: a fresh one); return the name."""
+    name = name or f"{uuid.uuid4().hex[:12]}-{path.name}"
     with device.errors(f"uploading {path.name}"):
         device.session.upload(str(path), name)
     return name
 
 
+def send_cuda_binaries(device: Device, folder: Path) -> None:
+    """Upload the CUDA binaries in ``folder`` (``cuda-<sha256>.fatbin``) to the bundle's server,
+    which then loads CUDA modules from them instead of compiling their CUDA C; a plain TVM RPC
+    server (``device.info`` empty) compiles the CUDA C itself."""
+    binaries = sorted(folder.glob("cuda-*.fatbin"))
+    if not binaries or not device.info:
+        return
+    for binary in binaries:
+        upload(device, binary, binary.name)  # named by their source's hash: the same name is the same file
+    with device.errors("loading the CUDA binaries"):
+        workpath = device.session.get_function("tvm.rpc.server.workpath")
+        device.session.get_function("compressor.cuda_binaries")(str(Path(workpath(binaries[0].name)).parent))
+
+
 def load_library(device: Device, path: Path, machine: str) -> Any:
-    """Upload and load a shared library built for ``machine``; a wrong-architecture device says so."""
+    """Upload and load a shared library built for ``machine``; a wrong-architecture device says so.
+
+    The CUDA binaries beside it go up first (``send_cuda_binaries``)."""
+    send_cuda_binaries(device, path.parent)
     name = upload(device, path)
     try:
         return device.session.load_module(name)

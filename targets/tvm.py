@@ -5,7 +5,9 @@ step of an LSTM/GRU/RNN — becomes a ``call_tir`` to one of the kernels of ``ta
 the tuned dense one, or a sparse format (CSR, BSR 1x4/4x1/4x4/8x1) when the weight is sparse
 enough to try and the kernel measured faster on the target (``KernelChooser``; decisions are
 cached by target, shape, batch and sparsity pattern). The rest of the graph takes TVM's default
-CPU lowering.
+CPU lowering. On a GPU the candidates are TVM's dense schedule and our CUDA kernels
+(``gpu_candidates``), timed on the GPU when one is reachable, else chosen by a cost model
+(``gpu_rule``).
 
 The Relax torch frontend miscomputes negative indices (``x[:, -1]`` becomes an out-of-bounds
 ``take``), so they are made positive in the exported graph first; every artifact is verified.
@@ -32,7 +34,7 @@ from compressor.state import State, set_eval
 from targets.base import Runner, Target, Unavailable, cache_root
 from targets.kernels import Format, Packed, block_fill, gpu_kernel, kernel, pack
 from targets.remote import LOCAL, Device, RemoteTvmRunner, load_library
-from targets.runtime.run import flatten
+from targets.runtime.run import flatten, install_cuda_binaries
 
 CACHE_VERSION = 2  # bump when the kernels change: cached timings are of the old ones
 SMALL = 1 << 20  # multiply-adds below which single-threaded kernels are candidates too
@@ -123,6 +125,7 @@ class KernelChooser:
         compiler: Any = None,
     ) -> None:
         self.target = target
+        self.gpu = target["kind"] == "cuda"
         self.threshold = threshold
         self.fp16 = fp16
         self.measure = measure
@@ -133,26 +136,48 @@ class KernelChooser:
         self._cache = self._load_cache()
 
     def choose(self, weight: np.ndarray, batch: int) -> Choice:
-        formats = candidates(weight, batch, self.threshold, self.fp16)
+        if self.gpu:
+            formats = gpu_candidates(weight, batch, self.threshold, self.fp16)
+        else:
+            formats = candidates(weight, batch, self.threshold, self.fp16)
         if not self.measure:
-            sparse = [f for f in formats if f.sparse and f.block == (1, 1) and f.dtype == "float32"]
-            return Choice(sparse[-1] if sparse else Format("dense", unroll=2))
+            return Choice(self._rule(weight, batch, formats))
         key = self._key(weight, batch, formats)
         hit = self._cache.get(key)
         if hit is not None:
             fmt = Format(**{**hit["format"], "block": tuple(hit["format"]["block"])})
             return Choice(fmt, hit["times_ms"], cached=True)
-        lanes = vector_lanes(self.target)
         kernels = []
         for fmt in formats:
             packed = pack(weight, fmt)
-            kernels.append((kernel(packed, batch, lanes), packed))
+            kernels.append((self._timed_kernel(packed, batch), packed))
         seconds = self.timer(kernels, batch)
-        times = {fmt.name: t * 1e3 for fmt, t in zip(formats, seconds, strict=True)}
-        best = min(formats, key=lambda f: times[f.name])
+        times = {self.label(fmt): t * 1e3 for fmt, t in zip(formats, seconds, strict=True)}
+        best = min(formats, key=lambda f: times[self.label(f)])
         self._cache[key] = {"format": asdict(best), "times_ms": times}
         self._save_cache()
         return Choice(best, times)
+
+    def build(self, packed: Packed, batch: int) -> Any:
+        """The TIR function ``rewrite_matmuls`` puts in the model for ``packed``; on a GPU, None
+        for dense (the matmul stays TVM's)."""
+        if self.gpu:
+            return gpu_kernel(packed, batch) if packed.format.sparse else None
+        return kernel(packed, batch, vector_lanes(self.target))
+
+    def label(self, fmt: Format) -> str:
+        return GPU_DENSE if self.gpu and not fmt.sparse else fmt.name
+
+    def _rule(self, weight: np.ndarray, batch: int, formats: list[Format]) -> Format:
+        if self.gpu:
+            return gpu_rule(weight, batch, self.threshold, self.fp16)
+        sparse = [f for f in formats if f.sparse and f.block == (1, 1) and f.dtype == "float32"]
+        return sparse[-1] if sparse else Format("dense", unroll=2)
+
+    def _timed_kernel(self, packed: Packed, batch: int) -> Any:
+        if self.gpu and not packed.format.sparse:
+            return gpu_dense_kernel(*packed.shape, batch, self.target)
+        return self.build(packed, batch)
 
     def _key(self, weight: np.ndarray, batch: int, formats: list[Format]) -> str:
         h = hashlib.sha256()
@@ -169,13 +194,18 @@ class KernelChooser:
         lib = tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(self.target))
         if self.device.session is None:
             set_threads()
-            module, dev = lib.mod, tvm.cpu()
+            module, dev = lib.mod, tvm.cuda() if self.gpu else tvm.cpu()
         else:
+            host = self.target.get("host", self.target)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "kernels.so"
                 lib.export_library(str(path), fcompile=self.compiler)
-                module = load_library(self.device, path, str(self.target["mtriple"]).split("-")[0])
-            dev = self.device.session.cpu()
+                if self.gpu:
+                    from targets.cuda import compile_binaries
+
+                    compile_binaries(lib.mod, path.parent, self.target)
+                module = load_library(self.device, path, str(host["mtriple"]).split("-")[0])
+            dev = self.device.session.cuda() if self.gpu else self.device.session.cpu()
         times = []
         rng = np.random.default_rng(0)
         with self.device.errors("timing the candidate kernels"):
@@ -211,22 +241,80 @@ def default_cache() -> Path:
 
 # --- on a GPU ------------------------------------------------------------------------------
 
-GPU_SPARSE_AT = 0.75
-"""Sparsity from which a weight gets our CUDA kernel on a GPU (a rule until GPU timing exists):
-at batch 1 a matmul is memory-bound, and CSR with uint16 indices moves 6 bytes per nonzero
-against dense's 4 per weight, so at 75% sparse it moves 1.5/4 of the bytes; below that the
-irregular gathers are not worth it."""
+GPU_DENSE = "dense-tvm"
+"""What the dense matmul is called on a GPU: TVM's own GPU schedule (dlight), not a kernel of ours."""
+GPU_MAX_BATCH = 16
+"""Largest batch the sparse kernels are tried at on a GPU: beyond it a matmul stops being bound by
+reading the weight, and dense tiling wins."""
+SPARSE_EFFICIENCY = 0.4
+"""The share of the GPU's memory bandwidth the sparse kernel is assumed to reach, relative to the
+dense one (its gathers of ``x`` and short rows cost it): the cost model's one parameter."""
 
 
-def gpu_choice(weight: np.ndarray, batch: int) -> Choice:
-    """CSR (a warp per row, ``targets.kernels.gpu_kernel``) from ``GPU_SPARSE_AT``, else dense."""
+def gpu_lanes(weight: np.ndarray, unroll: int) -> int:
+    """Lanes per row for the CSR kernel: about two chunks of ``unroll`` nonzeros per lane on an
+    average row, a power of two from 4 to 32 (short rows leave a full warp mostly idle)."""
+    chunks = np.count_nonzero(weight) / max(weight.shape[0], 1) / unroll
+    lanes = 4
+    while lanes < 32 and lanes * 2 < chunks:
+        lanes *= 2
+    return lanes
+
+
+def gpu_candidates(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> list[Format]:
+    """The formats timed on a GPU: TVM's dense schedule always; at sparsity >= ``threshold`` and
+    batch <= ``GPU_MAX_BATCH``, CSR with 4 to 32 lanes per row, BSR 4x1 and 1x4 with 32
+    when half the values they store are nonzeros; at batch > 1 also the batch-inner (SpMM) form."""
+    formats = [Format("dense", unroll=1)]
     sparsity = 1.0 - np.count_nonzero(weight) / weight.size
-    return Choice(Format("bsr", (1, 1), unroll=1) if sparsity >= GPU_SPARSE_AT else Format("dense", unroll=1))
+    if sparsity < threshold or batch > GPU_MAX_BATCH:
+        return formats
+    sparse = [Format("bsr", (1, 1), 4, threads=t) for t in (4, 8, 16, 32)]
+    for block in ((4, 1), (1, 4)):
+        if weight.shape[1] >= block[1] and block_fill(weight, block) >= 0.5:
+            sparse.append(Format("bsr", block, 4 // block[1], threads=32))
+    if batch > 1:
+        sparse += [replace(f, batch_inner=True) for f in sparse]
+    if fp16:
+        sparse += [replace(f, dtype="float16") for f in sparse]
+    return formats + sparse
 
 
-def gpu_build(packed: Packed, batch: int) -> Any:
-    """Our CUDA kernel for a sparse format; None keeps TVM's GPU schedule for dense."""
-    return gpu_kernel(packed, batch) if packed.format.sparse else None
+def gpu_rule(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> Format:
+    """The cost model used when no GPU is reachable to time on: a matmul at small batch is bound
+    by reading its weight, so CSR (``gpu_lanes`` lanes per row; batch-inner at batch > 1) is
+    chosen when its bytes, divided by ``SPARSE_EFFICIENCY``, are fewer than dense's. With uint16
+    indices and fp32 values that is from about 74% sparse (fp16 values: about 61%)."""
+    dense = Format("dense", unroll=1)
+    if gpu_candidates(weight, batch, threshold, fp16) == [dense]:
+        return dense
+    fmt = Format(
+        "bsr",
+        (1, 1),
+        4,
+        dtype="float16" if fp16 else "float32",
+        batch_inner=batch > 1,
+        threads=gpu_lanes(weight, 4),
+    )
+    sparse_bytes = pack(weight, fmt).nbytes
+    return fmt if sparse_bytes / SPARSE_EFFICIENCY < weight.size * 4 else dense
+
+
+def gpu_dense_kernel(n: int, k: int, batch: int, target: Any) -> Any:
+    """``y = x @ W.T`` scheduled by TVM's GPU rules (dlight GEMV / matmul): the dense candidate,
+    timed alone. The model keeps its matmul for TVM, which schedules it the same way."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import dlight
+
+    x = te.placeholder((batch, k), "float32", name="x")
+    w = te.placeholder((n, k), "float32", name="w")
+    r = te.reduce_axis((0, k), name="r")
+    y = te.compute((batch, n), lambda b, i: te.sum(x[b, r] * w[i, r], axis=r), name="y")
+    mod = tvm.IRModule({"main": te.create_prim_func([x, w, y])})
+    rules = (dlight.gpu.GEMV(), dlight.gpu.Matmul(), dlight.gpu.Reduction(), dlight.gpu.Fallback())
+    with tvm.target.Target(target):
+        return dlight.ApplyDefaultSchedule(*rules)(mod)["main"]
 
 
 # --- the Relax rewrite -----------------------------------------------------------------------
@@ -296,7 +384,7 @@ def rewrite_matmuls(
                 shape=(n, k),
                 batch=batch,
                 sparsity=round(1.0 - np.count_nonzero(weight) / weight.size, 4),
-                format=choice.format.name if func is not None else "tvm-matmul",
+                format=choice.format.name if func is not None else GPU_DENSE,
                 calls=0,
                 times_ms={f: round(t, 5) for f, t in choice.times_ms.items()},
                 cached=choice.cached,
@@ -490,24 +578,23 @@ class TvmBackend:
         on_gpu = tvm_target["kind"] == "cuda"
         try:
             module = export_relax(state, self.fix_indices)
-            if self.kernels and on_gpu:
-                module, self.layers = rewrite_matmuls(module, gpu_choice, gpu_build, parameter_names(state))
-            elif self.kernels:
+            if self.kernels:
+                measure = self.measure
+                if on_gpu:  # timed on the GPU when one is reachable, else the cost model
+                    from targets.cuda import gpu
+
+                    measure = measure and gpu(device) is not None
                 chooser = KernelChooser(
                     tvm_target,
                     self.threshold,
                     self.fp16,
-                    self.measure,
+                    measure,
                     self.cache,
                     device=device,
                     compiler=compiler,
                 )
-                lanes = vector_lanes(tvm_target)
                 module, self.layers = rewrite_matmuls(
-                    module,
-                    chooser.choose,
-                    lambda packed, batch: kernel(packed, batch, lanes),
-                    parameter_names(state),
+                    module, chooser.choose, chooser.build, parameter_names(state)
                 )
             target_obj = tvm.target.Target(tvm_target)
             cpu_pipeline = self.kernels and not on_gpu
@@ -515,7 +602,11 @@ class TvmBackend:
             executable = tvm.compile(module, target=target_obj, relax_pipeline=pipeline)
             path = out_dir / "model.so"
             executable.export_library(str(path), fcompile=compiler)
-            write_device_source(executable, out_dir)
+            if on_gpu:
+                from targets.cuda import compile_binaries, cuda_sources
+
+                (out_dir / "model.cu").write_text("\n".join(cuda_sources(executable.mod)))
+                compile_binaries(executable.mod, out_dir, tvm_target)
         except (LoweringError, DeviceError):
             raise
         except Exception as e:
@@ -528,18 +619,6 @@ class TvmBackend:
         return path, runner
 
 
-def write_device_source(executable: Any, out_dir: Path) -> None:
-    """Write the CUDA C of the GPU kernels (compiled into ``model.so`` by nvcc) as ``model.cu``."""
-    pending, sources = [executable.mod], []
-    while pending:
-        module = pending.pop()
-        if module.kind == "cuda":
-            sources.append(module.inspect_source())
-        pending.extend(module.imports)
-    if sources:
-        (out_dir / "model.cu").write_text("\n".join(sources))
-
-
 def load_runner(path: Path, target: Target, device: Device) -> Runner:
     """Load ``path`` where it runs: here, on the RPC device, or (no GPU) nowhere."""
     if target.device_type == "cuda":
@@ -548,5 +627,7 @@ def load_runner(path: Path, target: Target, device: Device) -> Runner:
         if gpu(device) is None:
             return Unavailable(no_gpu(device, "tvm"))
     if device.session is None:
+        if target.device_type == "cuda":
+            install_cuda_binaries(path.parent)
         return TvmRunner(path, target.device_type)
     return RemoteTvmRunner(device, path, target.machine, target.device_type)

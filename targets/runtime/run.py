@@ -118,6 +118,45 @@ def tvm_runtime_runner(path: str, device_type: str, libs: Path) -> Run:
     return run
 
 
+CUDA_BINARIES: dict[str, Path] = {}
+_CUDA_HOOK: list[Any] = []  # the compile function the hook replaced (or None), once installed
+
+
+def cuda_binary_name(source: str) -> str:
+    """The file holding the binary of a CUDA module: named by its CUDA C's SHA-256."""
+    return f"cuda-{hashlib.sha256(source.encode()).hexdigest()}.fatbin"
+
+
+def install_cuda_binaries(folder: Path) -> None:
+    """Load TVM's CUDA modules from the binaries in ``folder`` (``cuda-<sha256>.fatbin``).
+
+    TVM 0.27 keeps a CUDA module built where there is no CUDA driver as its CUDA C, compiled
+    when the module is loaded through the global function ``tvm_callback_cuda_compile``, which
+    only TVM's compiler package defines (NVRTC or nvcc). The compressor compiles every CUDA
+    module with nvcc when it builds it; this hook answers with those binaries, so the GPU
+    machine needs no compiler, and hands any other source to the function it replaced.
+    """
+    import tvm_ffi
+
+    CUDA_BINARIES.update({p.name: p for p in Path(folder).glob("cuda-*.fatbin")})
+    if _CUDA_HOOK:
+        return
+    previous = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+    _CUDA_HOOK.append(previous)
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def compile_cuda(source: str, *args: Any) -> bytes:
+        path = CUDA_BINARIES.get(cuda_binary_name(source))
+        if path is not None:
+            return path.read_bytes()
+        if previous is not None:
+            return previous(source, *args)
+        raise RuntimeError(
+            f"no {cuda_binary_name(source)} for a CUDA module of this library and no CUDA compiler "
+            "here: copy the whole bundle, or rebuild it on a machine with nvcc"
+        )
+
+
 def flatten(value: Any) -> list[np.ndarray]:
     if hasattr(value, "numpy"):
         return [value.numpy()]
@@ -144,6 +183,8 @@ def load(folder: Path, threads: int) -> tuple[dict[str, Any], Run]:
     manifest = read_manifest(folder)
     artifact = str((folder / manifest["artifact"]).resolve())  # dlopen searches bare names
     device_type = manifest.get("device", "cpu")
+    if manifest["backend"] == "tvm" and device_type == "cuda":
+        install_cuda_binaries(folder)
     if manifest["backend"] == "tvm" and (folder / "lib").is_dir():
         return manifest, tvm_runtime_runner(artifact, device_type, folder / "lib")
     if manifest["backend"] == "tvm":

@@ -5,7 +5,8 @@
 It serves TVM modules exactly as ``python -m tvm.exec.rpc_server`` (or the TVM RPC app on a
 phone) does, and registers a few more functions the host calls over the same session:
 ``compressor.device_info`` (machine, runtimes, whether emulated), and ``compressor.ort_load``,
-``compressor.ort_run``, ``compressor.ort_time`` (an ONNX Runtime session on an uploaded file).
+``compressor.ort_run``, ``compressor.ort_time`` (an ONNX Runtime session on an uploaded file),
+``compressor.cuda_binaries`` (load uploaded CUDA binaries instead of compiling CUDA C here).
 Needs apache-tvm (the runtime), numpy and, for ONNX models, onnxruntime.
 """
 
@@ -37,9 +38,9 @@ def register() -> None:
         try:
             import onnxruntime
 
-            ort_version = onnxruntime.__version__
+            ort_version, providers = onnxruntime.__version__, onnxruntime.get_available_providers()
         except ImportError:
-            ort_version = None
+            ort_version, providers = None, []
         import tvm
 
         return json.dumps(
@@ -49,11 +50,16 @@ def register() -> None:
                 "python": platform.python_version(),
                 "tvm": tvm.__version__,
                 "onnxruntime": ort_version,
+                "ort_providers": providers,
                 "numpy": np.__version__,
                 "cpus": os.cpu_count(),
                 "emulated": os.environ.get("COMPRESSOR_EMULATED") == "1",
             }
         )
+
+    @tvm_ffi.register_global_func("compressor.cuda_binaries", override=True)
+    def cuda_binaries(folder: str) -> None:
+        run.install_cuda_binaries(Path(folder))
 
     @tvm_ffi.register_global_func("compressor.ort_load", override=True)
     def ort_load(path: str, threads: int, provider: str) -> int:

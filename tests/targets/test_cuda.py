@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from compressor import DeviceError, Job, run_job
 from targets import cuda
 from targets.remote import LOCAL
-from targets.runtime.run import read_manifest
-from targets.tvm import GPU_SPARSE_AT
+from targets.runtime.run import cuda_binary_name, install_cuda_binaries, read_manifest
+from targets.tvm import GPU_DENSE, KernelChooser, gpu_lanes, gpu_rule
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 MODELS = ("lenet300.pt", "lstm.pt", "lenet5.pt")
+FATBIN_MAGIC = bytes.fromhex("50ed55ba")
 
 
 def has_gpu() -> bool:
@@ -50,10 +54,18 @@ def test_without_a_gpu_both_backends_build_and_are_kept(model: str, tmp_path: Pa
     source = (out / "cuda-tvm" / "model.cu").read_text()
     assert source.count("__global__") >= 2  # the GPU kernels nvcc compiled into model.so
     kernels = read_manifest(out / "cuda-tvm")["kernels"]
-    sparse = [k["name"] for k in kernels if k["format"] == "csr-u1"]  # ours: sparsity >= 75%
-    assert sparse and all(k["format"] == "tvm-matmul" for k in kernels if k["sparsity"] < GPU_SPARSE_AT)
-    assert len(set(re.findall(r"csr_u1_\d+_kernel", source))) == len(sparse)  # our CSR kernel per weight
+    sparse = [k for k in kernels if k["format"] != GPU_DENSE]  # ours, by the cost model (no GPU)
+    assert sparse and all(k["format"].startswith("csr-u4-") and not k["times_ms"] for k in sparse)
+    assert all(k["sparsity"] >= 0.7 for k in sparse) and all(
+        k in sparse for k in kernels if k["sparsity"] > 0.8
+    )
+    assert len(set(re.findall(r"csr_u4_\w+?_\d+_kernel", source))) == len(sparse)  # our kernel per weight
     assert (out / "cuda-tvm" / "model.so").stat().st_size > (out / "cuda-tvm" / "model.cu").stat().st_size / 4
+    # nvcc compiled the kernels: a fatbin (SASS inside) named by the hash of the CUDA C, in the bundle
+    (binary,) = (out / "cuda-tvm").glob("cuda-*.fatbin")
+    assert binary.name == cuda_binary_name(source) and binary.name in read_manifest(out / "cuda-tvm")["files"]
+    data = binary.read_bytes()
+    assert data[:4] == FATBIN_MAGIC and b"\x7fELF" in data
 
 
 @pytest.mark.skipif(not has_gpu(), reason="needs a CUDA GPU")
@@ -64,3 +76,121 @@ def test_on_the_gpu_tvm_verifies_and_measures(model: str, tmp_path: Path) -> Non
     )
     (entry,) = report["targets"]
     assert entry["verified"] is True and entry["latency_ms"]["median"] > 0
+
+
+def sparse_weight(shape: tuple[int, int], sparsity: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) * (rng.random(shape) >= sparsity)).astype(np.float32)
+
+
+def test_cost_model_picks_csr_where_it_moves_fewer_bytes() -> None:
+    """No GPU to time on: CSR from ~74% sparse (fewer bytes than dense at 40% of its bandwidth),
+    batch-inner at batch > 1, dense beyond batch 16; lanes per row follow the row length."""
+    for sparsity, batch, expected in (
+        (0.6, 1, GPU_DENSE),
+        (0.7, 1, GPU_DENSE),
+        (0.8, 1, "csr"),
+        (0.95, 1, "csr"),
+    ):
+        fmt = gpu_rule(sparse_weight((1024, 1024), sparsity), batch, 0.5, False)
+        assert (fmt.name if fmt.sparse else GPU_DENSE).startswith(expected), (sparsity, fmt)
+    w = sparse_weight((1024, 1024), 0.9)
+    assert gpu_rule(w, 4, 0.5, False).batch_inner and not gpu_rule(w, 32, 0.5, False).sparse
+    assert gpu_rule(sparse_weight((1024, 1024), 0.68), 1, 0.5, True).dtype == "float16"  # fewer bytes
+    assert (
+        gpu_lanes(sparse_weight((64, 2560), 0.9), 4) == 32
+        and gpu_lanes(sparse_weight((64, 2560), 0.98), 4) == 8
+    )
+    assert gpu_lanes(sparse_weight((64, 128), 0.95), 4) == 4
+
+
+def test_gpu_choice_times_every_candidate_built_for_cuda(tmp_path: Path) -> None:
+    """Where a GPU is reachable the kernel is chosen by timing: every candidate (TVM's dense
+    schedule, CSR with 4-32 lanes, BSR, batch-inner, fp16) compiles for CUDA into one library."""
+    import tvm
+
+    target = cuda.tvm_target(LOCAL)
+    built: list[str] = []
+
+    def timer(kernels: list, batch: int) -> list[float]:
+        funcs = {f"k{i}": func.with_attr("global_symbol", f"k{i}") for i, (func, _) in enumerate(kernels)}
+        lib = tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(target))
+        (module,) = [m for m in lib.mod.imports if m.kind == "cuda"]
+        built.extend(re.findall(r"void __launch_bounds__\(\d+\) (k\d+)_kernel", module.inspect_source()))
+        return [1e-3 if packed.format.name != "bsr4x1-u4-bt-t32-fp16" else 1e-4 for _, packed in kernels]
+
+    blocks = np.repeat(np.random.default_rng(0).random((64, 96)) < 0.1, 4, axis=0)  # 4x1 blocks
+    w = (blocks * np.random.default_rng(1).standard_normal(blocks.shape)).astype(np.float32)
+    chooser = KernelChooser(target, fp16=True, cache=tmp_path / "c.json", timer=timer)
+    choice = chooser.choose(w, 4)
+    assert choice.format.name == "bsr4x1-u4-bt-t32-fp16"
+    assert (
+        GPU_DENSE in choice.times_ms and "csr-u4-t4" in choice.times_ms and "csr-u4-bt-t32" in choice.times_ms
+    )
+    assert len(set(built)) == len(choice.times_ms) == 21  # 5 sparse forms x batch-inner x fp16, dense
+
+
+def test_cuda_benchmark_builds_its_kernels_and_checks_them_without_a_gpu() -> None:
+    """benchmarks/spmv_cuda.py --build-only: every kernel it would time, built for CUDA, ours run
+    serially on the CPU against numpy; without --build-only and a GPU, one error line."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "spmv_cuda.py"
+    args = [sys.executable, str(script), "--shapes", "96x64", "--sparsities", "0.9", "--batches", "1", "4"]
+    done = subprocess.run([*args, "--build-only"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "96x64 90% batch 1: 11 kernels built for CUDA, ours verified on the CPU",
+        "96x64 90% batch 4: 21 kernels built for CUDA, ours verified on the CPU",
+    ]
+    if not has_gpu():
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 1 and done.stderr.startswith("no CUDA GPU here") and not done.stdout
+
+
+def test_the_loader_takes_the_compiled_binaries_instead_of_compiling(tmp_path: Path) -> None:
+    """TVM compiles a CUDA module's C when it loads it, through ``tvm_callback_cuda_compile``:
+    the bundle's hook answers with the fatbin nvcc made at build time, found by the C's hash."""
+    import tvm
+    import tvm_ffi
+
+    from targets.kernels import Format, gpu_kernel, pack
+
+    target = cuda.tvm_target(LOCAL)
+    packed = pack(sparse_weight((64, 48), 0.9), Format("bsr", (1, 1), 4, threads=8))
+    lib = tvm.compile(tvm.IRModule({"main": gpu_kernel(packed, 1)}), target=tvm.target.Target(target))
+    (path,) = cuda.compile_binaries(lib.mod, tmp_path, target)
+    (source,) = cuda.cuda_sources(lib.mod)
+    assert path.read_bytes()[:4] == FATBIN_MAGIC
+    install_cuda_binaries(tmp_path)
+    assert bytes(tvm_ffi.get_global_func("tvm_callback_cuda_compile")(source)) == path.read_bytes()
+
+
+@pytest.mark.skipif(has_gpu(), reason="a GPU is here")
+def test_over_rpc_to_a_server_without_a_gpu(tmp_path: Path) -> None:
+    """The bundle's server on this host (no GPU) behind --rpc: the run asks it for a GPU, finds
+    none and keeps the bundles; CUDA binaries sent to it answer its compile hook."""
+    from targets.bundle import RUNTIME
+    from targets.emulator import free_port
+    from targets.remote import connect, send_cuda_binaries
+    from tests.targets.test_arm64 import process, wait_for_port
+
+    port = free_port()
+    with process(str(RUNTIME / "server.py"), "--host", "127.0.0.1", "--port", str(port)):
+        wait_for_port(port)
+        out = tmp_path / "out"
+        job = Job(
+            model=ZOO / "lenet300.pt", targets=("cuda",), sparsity=0.9, out=out, rpc=f"127.0.0.1:{port}"
+        )
+        with pytest.raises(DeviceError, match=r"no CUDA GPU on the device at 127\.0\.0\.1:\d+ .*is kept in"):
+            run_job(job)
+        assert "cuda/onnxruntime" in json.loads((out / "report.json").read_text())["error"]
+    assert read_manifest(out / "cuda-tvm")["device"] == "cuda"
+    (binary,) = (out / "cuda-tvm").glob("cuda-*.fatbin")
+    port = free_port()  # a fresh server: the run's session may still hold the first one
+    with process(str(RUNTIME / "server.py"), "--host", "127.0.0.1", "--port", str(port)):
+        wait_for_port(port)
+        device = connect(f"127.0.0.1:{port}")
+        assert device.info["machine"] == "x86_64"
+        send_cuda_binaries(device, out / "cuda-tvm")
+        source = (out / "cuda-tvm" / "model.cu").read_text()
+        remote_compile = device.session.get_function("tvm_callback_cuda_compile")
+        assert bytes(remote_compile(source)) == binary.read_bytes()

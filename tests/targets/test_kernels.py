@@ -97,24 +97,27 @@ def test_block_fill() -> None:
 
 
 GPU_FORMATS = [
-    Format("bsr", (1, 1), 1),
-    Format("bsr", (1, 1), 2, dtype="float16"),
-    Format("bsr", (4, 1), 1),
-    Format("bsr", (1, 4), 1),
+    Format("bsr", (1, 1), 4, threads=32),
+    Format("bsr", (1, 1), 1, threads=4),
+    Format("bsr", (1, 1), 4, threads=8, dtype="float16"),
+    Format("bsr", (1, 1), 4, threads=16, batch_inner=True),
+    Format("bsr", (4, 1), 4, threads=32),
+    Format("bsr", (1, 4), 1, threads=8, batch_inner=True, dtype="float16"),
 ]
 
 
 @pytest.mark.parametrize("fmt", GPU_FORMATS, ids=lambda f: f.name)
 def test_gpu_kernel_arithmetic_matches_numpy(fmt: Format) -> None:
-    """The CUDA kernel's TIR with its thread loops run serially on the CPU (no GPU here)."""
+    """The CUDA kernel's TIR with its thread loops run serially on the CPU (no GPU here), the
+    warp shuffles as the same tree of adds: rows longer than the lanes, shorter, empty."""
     import tvm
 
     for name, w in WEIGHTS.items():
         if w.shape[1] < fmt.block[1]:
             continue
-        for batch, rows in ((1, 4), (3, 1)):
+        for batch in (1, 3):
             packed = pack(w, fmt)
-            func = gpu_kernel(packed, batch, rows_per_block=rows, threads=False)
+            func = gpu_kernel(packed, batch, threads=False)
             lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(host_target()))
             x = np.random.default_rng(1).standard_normal((batch, w.shape[1])).astype(np.float32)
             y = np.full((batch, w.shape[0]), np.nan, np.float32)
@@ -124,13 +127,27 @@ def test_gpu_kernel_arithmetic_matches_numpy(fmt: Format) -> None:
             np.testing.assert_allclose(args[-1].numpy(), expected, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_gpu_kernel_compiles_for_cuda() -> None:
-    """nvcc compiles it (no GPU needed): one kernel with a shared-memory reduction."""
+@pytest.mark.parametrize(
+    "fmt, loads",
+    [
+        (Format("bsr", (1, 1), 4, threads=16, batch_inner=True), ("ushort4", "float4")),
+        (Format("bsr", (4, 1), 4, threads=32, dtype="float16"), ("ushort4", "uint4")),  # 8 halves
+        (Format("bsr", (1, 4), 1, threads=8), ("float4",)),
+    ],
+    ids=lambda v: v.name if isinstance(v, Format) else "",
+)
+def test_gpu_kernel_compiles_for_cuda(fmt: Format, loads: tuple[str, ...]) -> None:
+    """The CUDA C TVM generates (no GPU needed): vector loads of the chunks, warp shuffles over
+    the row's lanes, thread blocks of 128 threads, a grid row per batch row unless batch-inner."""
     import tvm
 
-    packed = pack(WEIGHTS["33x9"], Format("bsr", (1, 1), 1))
+    packed = pack(WEIGHTS["150x20"], fmt)
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_80", "host": host_target()})
-    lib = tvm.compile(tvm.IRModule({"main": gpu_kernel(packed, 2)}), target=target)
+    lib = tvm.compile(tvm.IRModule({"main": gpu_kernel(packed, 4)}), target=target)
     (cuda,) = [m for m in lib.mod.imports if m.kind == "cuda"]
     source = cuda.inspect_source()
-    assert "__shared__" in source and "__syncthreads()" in source and "blockIdx.y" in source
+    for vector in loads:
+        assert f"*({vector}*)(" in source
+    assert "__shfl_down_sync((uint)4294967295, acc_ptr[" in source and f", {fmt.threads}))" in source
+    assert "__launch_bounds__(128)" in source and "__shared__" not in source
+    assert ("blockIdx.y" in source) is not fmt.batch_inner
