@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from compressor import DeviceError, Job, run_job
+from compressor.errors import LoweringError
 from targets import cuda
 from targets.remote import LOCAL
 from targets.runtime.run import cuda_binary_name, install_cuda_binaries, read_manifest
@@ -22,6 +24,9 @@ from targets.tvm import GPU_DENSE, KernelChooser, gpu_lanes, gpu_rule
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 MODELS = ("lenet300.pt", "lstm.pt", "lenet5.pt")
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")
+NVCC = pytest.mark.skipif(
+    shutil.which("nvcc") is None, reason="needs nvcc (the CUDA 13 toolkit); .ci/run insists"
+)
 
 
 def has_gpu() -> bool:
@@ -39,6 +44,7 @@ def test_arch_comes_from_the_gpu_or_the_environment(monkeypatch: pytest.MonkeyPa
     assert target["kind"] == "cuda" and target["arch"] == "sm_90a" and target["host"]["kind"] == "llvm"
 
 
+@NVCC
 @pytest.mark.skipif(has_gpu(), reason="a GPU is here: the runs are verified instead (test below)")
 @pytest.mark.parametrize("model", MODELS)
 def test_without_a_gpu_both_backends_build_and_are_kept(model: str, tmp_path: Path) -> None:
@@ -68,6 +74,7 @@ def test_without_a_gpu_both_backends_build_and_are_kept(model: str, tmp_path: Pa
     assert data[:4] == FATBIN_MAGIC and b"\x7fELF" in data
 
 
+@NVCC
 @pytest.mark.skipif(not has_gpu(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("model", MODELS)
 def test_on_the_gpu_tvm_verifies_and_measures(model: str, tmp_path: Path) -> None:
@@ -146,6 +153,7 @@ def test_cuda_benchmark_builds_its_kernels_and_checks_them_without_a_gpu() -> No
         assert done.returncode == 1 and done.stderr.startswith("no CUDA GPU here") and not done.stdout
 
 
+@NVCC
 def test_the_loader_takes_the_compiled_binaries_instead_of_compiling(tmp_path: Path) -> None:
     """TVM compiles a CUDA module's C when it loads it, through ``tvm_callback_cuda_compile``:
     the bundle's hook answers with the fatbin nvcc made at build time, found by the C's hash."""
@@ -164,6 +172,7 @@ def test_the_loader_takes_the_compiled_binaries_instead_of_compiling(tmp_path: P
     assert bytes(tvm_ffi.get_global_func("tvm_callback_cuda_compile")(source)) == path.read_bytes()
 
 
+@NVCC
 @pytest.mark.skipif(has_gpu(), reason="a GPU is here")
 def test_over_rpc_to_a_server_without_a_gpu(tmp_path: Path) -> None:
     """The bundle's server on this host (no GPU) behind --rpc: the run asks it for a GPU, finds
@@ -194,3 +203,9 @@ def test_over_rpc_to_a_server_without_a_gpu(tmp_path: Path) -> None:
         source = (out / "cuda-tvm" / "model.cu").read_text()
         remote_compile = device.session.get_function("tvm_callback_cuda_compile")
         assert bytes(remote_compile(source)) == binary.read_bytes()
+
+
+def test_without_nvcc_the_build_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(cuda.shutil, "which", lambda name: None)
+    with pytest.raises(LoweringError, match="nvcc not found: .*install the CUDA toolkit"):
+        cuda.compile_binaries(object(), tmp_path, cuda.tvm_target(LOCAL))
