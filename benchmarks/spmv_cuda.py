@@ -68,6 +68,7 @@ class Builder:
     """Builds TVM functions for the CUDA target (nvcc or NVRTC: no GPU needed)."""
 
     def __init__(self, arch: str) -> None:
+        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")  # as the cuda target: no NVRTC here
         import tvm
 
         self.tvm = tvm
@@ -213,7 +214,7 @@ def case(gpu: Gpu, n: int, k: int, sparsity: float, batch: int, rng: np.random.G
     fns = {
         "cuBLAS dense": gpu.torch_fn("cuBLAS", lambda: torch.nn.functional.linear(xt, wt), expected),
         "TVM dense": gpu.tvm_fn(
-            "TVM dense", gpu_dense_kernel(n, k, batch, gpu.builder.target), [x, w["csr"]], expected
+            "TVM dense", gpu_dense_kernel(n, k, batch, gpu.builder.target), [x, w["csr"].T.copy()], expected
         ),
         "cuSPARSE CSR": gpu.torch_fn("cuSPARSE", lambda: torch.sparse.mm(csr, xcol), expected.T),
     }

@@ -117,13 +117,13 @@ def compile_binaries(module: Any, folder: Path, target: dict[str, Any]) -> list[
     version = str(target["arch"]).removeprefix("sm_")
     gencode = ["-gencode", f"arch=compute_{version},code=sm_{version}"]
     gencode += ["-gencode", f"arch=compute_{version},code=compute_{version}"]
+    for stale in folder.glob("cuda-*.fatbin"):  # named by the source alone: maybe another arch's
+        stale.unlink()
     paths = []
     with tvm.target.Target(target):
         for source in cuda_sources(module):
             path = folder / cuda_binary_name(source)
-            if not path.exists():
-                binary = nvcc.compile_cuda(source, "fatbin", arch=gencode, compiler="nvcc")
-                path.write_bytes(bytes(binary))
+            path.write_bytes(bytes(nvcc.compile_cuda(source, "fatbin", arch=gencode, compiler="nvcc")))
             paths.append(path)
     return paths
 

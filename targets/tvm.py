@@ -147,10 +147,7 @@ class KernelChooser:
         if hit is not None:
             fmt = Format(**{**hit["format"], "block": tuple(hit["format"]["block"])})
             return Choice(fmt, hit["times_ms"], cached=True)
-        kernels = []
-        for fmt in formats:
-            packed = pack(weight, fmt)
-            kernels.append((self._timed_kernel(packed, batch), packed))
+        kernels = [self._timed_kernel(pack(weight, fmt), batch) for fmt in formats]
         seconds = self.timer(kernels, batch)
         times = {self.label(fmt): t * 1e3 for fmt, t in zip(formats, seconds, strict=True)}
         best = min(formats, key=lambda f: times[self.label(f)])
@@ -174,10 +171,13 @@ class KernelChooser:
         sparse = [f for f in formats if f.sparse and f.block == (1, 1) and f.dtype == "float32"]
         return sparse[-1] if sparse else Format("dense", unroll=2)
 
-    def _timed_kernel(self, packed: Packed, batch: int) -> Any:
+    def _timed_kernel(self, packed: Packed, batch: int) -> tuple[Any, Packed]:
+        """The function timed for ``packed`` and its arrays; on a GPU, dense is TVM's schedule of
+        the model's matmul, whose weight TVM folds to K x N."""
         if self.gpu and not packed.format.sparse:
-            return gpu_dense_kernel(*packed.shape, batch, self.target)
-        return self.build(packed, batch)
+            transposed = replace(packed, arrays=[np.ascontiguousarray(packed.arrays[0].T)])
+            return gpu_dense_kernel(*packed.shape, batch, self.target), transposed
+        return self.build(packed, batch), packed
 
     def _key(self, weight: np.ndarray, batch: int, formats: list[Format]) -> str:
         h = hashlib.sha256()
@@ -301,17 +301,18 @@ def gpu_rule(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> Fo
 
 
 def gpu_dense_kernel(n: int, k: int, batch: int, target: Any) -> Any:
-    """``y = x @ W.T`` scheduled by TVM's GPU rules (dlight GEMV / matmul): the dense candidate,
-    timed alone. The model keeps its matmul for TVM, which schedules it the same way."""
+    """``y = x @ W.T`` scheduled by TVM's GPU rules (dlight GEMV / matmul), with ``W.T`` (K x N)
+    given: the dense candidate, timed alone. The model keeps its matmul for TVM, which folds
+    ``permute_dims(W)`` into a K x N constant and schedules it the same way."""
     import tvm
     from tvm import te
     from tvm.s_tir import dlight
 
     x = te.placeholder((batch, k), "float32", name="x")
-    w = te.placeholder((n, k), "float32", name="w")
+    wt = te.placeholder((k, n), "float32", name="wt")
     r = te.reduce_axis((0, k), name="r")
-    y = te.compute((batch, n), lambda b, i: te.sum(x[b, r] * w[i, r], axis=r), name="y")
-    mod = tvm.IRModule({"main": te.create_prim_func([x, w, y])})
+    y = te.compute((batch, n), lambda b, i: te.sum(x[b, r] * wt[r, i], axis=r), name="y")
+    mod = tvm.IRModule({"main": te.create_prim_func([x, wt, y])})
     rules = (dlight.gpu.GEMV(), dlight.gpu.Matmul(), dlight.gpu.Reduction(), dlight.gpu.Fallback())
     with tvm.target.Target(target):
         return dlight.ApplyDefaultSchedule(*rules)(mod)["main"]

@@ -14,6 +14,7 @@ differs (no latency is reported for a wrong artifact).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -141,6 +142,8 @@ def install_cuda_binaries(folder: Path) -> None:
     CUDA_BINARIES.update({p.name: p for p in Path(folder).glob("cuda-*.fatbin")})
     if _CUDA_HOOK:
         return
+    with contextlib.suppress(ImportError):  # TVM's compiler package registers its own on import
+        import tvm  # noqa: F401
     previous = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
     _CUDA_HOOK.append(previous)
 

@@ -124,6 +124,8 @@ def test_gpu_choice_times_every_candidate_built_for_cuda(tmp_path: Path) -> None
         lib = tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(target))
         (module,) = [m for m in lib.mod.imports if m.kind == "cuda"]
         built.extend(re.findall(r"void __launch_bounds__\(\d+\) (k\d+)_kernel", module.inspect_source()))
+        dense = [packed for _, packed in kernels if not packed.format.sparse]
+        assert [a.shape for p in dense for a in p.arrays] == [w.shape[::-1]]  # W.T, as the model's matmul
         return [1e-3 if packed.format.name != "bsr4x1-u4-bt-t32-fp16" else 1e-4 for _, packed in kernels]
 
     blocks = np.repeat(np.random.default_rng(0).random((64, 96)) < 0.1, 4, axis=0)  # 4x1 blocks
@@ -209,3 +211,16 @@ def test_without_nvcc_the_build_says_what_to_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(cuda.shutil, "which", lambda name: None)
     with pytest.raises(LoweringError, match="nvcc not found: .*install the CUDA toolkit"):
         cuda.compile_binaries(object(), tmp_path, cuda.tvm_target(LOCAL))
+
+
+def test_the_hook_leaves_room_for_tvm_imported_after_it(tmp_path: Path) -> None:
+    """A bundle without the runtime libraries loads through the ``tvm`` package, imported after
+    the hook is installed: that import must not find its compile function taken."""
+    code = (
+        "import sys; from pathlib import Path; from targets.runtime.run import install_cuda_binaries; "
+        f"install_cuda_binaries(Path({str(tmp_path)!r})); import tvm.support.nvcc; import tvm_ffi; "
+        "print(tvm_ffi.get_global_func('tvm_callback_cuda_compile') is not None)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
