@@ -36,8 +36,9 @@ import torch
 
 from benchmarks.common import speedup_result, speedup_row, write
 from benchmarks.spmv import pruned
-from targets.cuda import LIMITS
+from targets import cuda
 from targets.kernels import Format, gpu_kernel, pack
+from targets.remote import LOCAL
 from targets.runtime.measure import measure_samplers
 from targets.tvm import gpu_candidates, gpu_dense_kernel, host_target
 
@@ -67,12 +68,13 @@ def check(name: str, got: np.ndarray, expected: np.ndarray) -> None:
 class Builder:
     """Builds TVM functions for the CUDA target (nvcc or NVRTC: no GPU needed)."""
 
-    def __init__(self, arch: str) -> None:
-        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")  # as the cuda target: no NVRTC here
+    def __init__(self, arch: str | None = None) -> None:
         import tvm
 
         self.tvm = tvm
-        self.target = {"kind": "cuda", "arch": arch, "host": host_target(), **LIMITS}
+        self.target = cuda.tvm_target(LOCAL)  # the GPU's arch and limits where there is one
+        if arch:
+            self.target["arch"] = arch
 
     def build(self, func) -> object:
         tvm = self.tvm
@@ -289,8 +291,7 @@ def main() -> None:
             "no CUDA GPU here (torch.cuda.is_available() is false): run this on a GPU machine with a CUDA "
             "build of torch, or use --build-only to build the kernels and check them on the CPU"
         )
-    major, minor = torch.cuda.get_device_capability()
-    gpu = Gpu(Builder(f"sm_{major}{minor}"), graphs=not args.no_graphs)
+    gpu = Gpu(Builder(), graphs=not args.no_graphs)
     results, rows, semi = [], [], []
     for n, k in shapes:
         for batch in batches:

@@ -50,7 +50,10 @@ def gpu(device: Device) -> Any:
 
 
 def arch(device: Device) -> str:
-    dev = gpu(device)
+    return _arch(gpu(device))
+
+
+def _arch(dev: Any) -> str:
     if dev is not None:
         return "sm_" + str(dev.compute_version).replace(".", "")
     return os.environ.get("COMPRESSOR_CUDA_ARCH", DEFAULT_ARCH)
@@ -65,8 +68,8 @@ def tvm_target(device: Device) -> dict[str, Any]:
         if device.session is None
         else {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
     )
-    target = {"kind": "cuda", "arch": arch(device), "host": host, **LIMITS}
     dev = gpu(device)
+    target = {"kind": "cuda", "arch": _arch(dev), "host": host, **LIMITS}
     if dev is not None:
         target["max_shared_memory_per_block"] = int(dev.max_shared_memory_per_block)
         target["max_threads_per_block"] = int(dev.max_threads_per_block)
@@ -101,8 +104,8 @@ def cuda_sources(module: Any) -> list[str]:
     return sources
 
 
-def compile_binaries(module: Any, folder: Path, target: dict[str, Any]) -> list[Path]:
-    """Compile each CUDA module of ``module`` with nvcc into ``folder``/cuda-<sha256>.fatbin: SASS
+def compile_binaries(sources: list[str], folder: Path, target: dict[str, Any]) -> list[Path]:
+    """Compile each CUDA module's C (``cuda_sources``) with nvcc into ``folder``/cuda-<sha256>.fatbin: SASS
     for the target's arch and its PTX (which newer GPUs compile at load). TVM 0.27 stores CUDA
     modules built without a driver as CUDA C; the bundle's runner loads these binaries instead
     (``targets.runtime.run.install_cuda_binaries``), so the GPU machine needs no compiler."""
@@ -121,7 +124,7 @@ def compile_binaries(module: Any, folder: Path, target: dict[str, Any]) -> list[
         stale.unlink()
     paths = []
     with tvm.target.Target(target):
-        for source in cuda_sources(module):
+        for source in sources:
             path = folder / cuda_binary_name(source)
             path.write_bytes(bytes(nvcc.compile_cuda(source, "fatbin", arch=gencode, compiler="nvcc")))
             paths.append(path)

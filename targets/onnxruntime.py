@@ -102,41 +102,34 @@ class OnnxRuntimeBackend:
         export_onnx(state, path)
         if target.remote:  # a phone or board: the ORT Mobile form goes with it
             path = convert_to_ort(path)
+        if device.session is None:
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                raise LoweringError("onnxruntime is not installed; pip install onnxruntime") from None
+        problem = cuda_problem(device, provider) if target.device_type == "cuda" else None
+        if problem:
+            return path, Unavailable(problem)
         if device.session is not None:
-            unavailable = remote_problem(device, target, provider)
-            if unavailable:
-                return path, Unavailable(unavailable)
             return path, RemoteOrtRunner(device, path, provider)
-        try:
-            import onnxruntime
-        except ImportError:
-            raise LoweringError("onnxruntime is not installed; pip install onnxruntime") from None
-        if target.device_type == "cuda":
-            from targets.cuda import gpu, no_gpu
-
-            if provider not in onnxruntime.get_available_providers():
-                return path, Unavailable(
-                    f"ONNX Runtime here has no {provider}, so the cuda/onnxruntime artifact cannot be "
-                    "verified here; its bundle is kept: on a GPU machine, pip uninstall -y onnxruntime && "
-                    "pip install -e '.[cuda]', or run the bundle's run.py there"
-                )
-            if gpu(device) is None:
-                return path, Unavailable(no_gpu(device, "onnxruntime"))
         return path, OrtRunner(path, provider, self.threads)
 
 
-def remote_problem(device: Device, target: Target, provider: str) -> str | None:
-    """Why the ONNX model cannot be verified on ``device`` (no GPU, or an ONNX Runtime there
-    without ``provider``: the bundle's server says which it has), else None."""
-    if target.device_type != "cuda":
-        return None
+def cuda_problem(device: Device, provider: str) -> str | None:
+    """Why the ONNX model cannot be verified on ``device`` (here or over RPC): no GPU, or an ONNX
+    Runtime without ``provider`` (the bundle's server says which it has); else None."""
     from targets.cuda import gpu, no_gpu
 
     if gpu(device) is None:
         return no_gpu(device, "onnxruntime")
-    if provider not in device.info.get("ort_providers", [provider]):
-        return (
-            f"ONNX Runtime on {device.name} has no {provider}: pip install onnxruntime-gpu there "
-            "(in place of onnxruntime) and start the server again; the cuda/onnxruntime bundle is kept"
-        )
+    if device.session is None:
+        import onnxruntime
+
+        providers, where = onnxruntime.get_available_providers(), "here"
+        fix = "pip uninstall -y onnxruntime && pip install -e '.[cuda]'"
+    else:
+        providers, where = device.info.get("ort_providers", [provider]), f"on {device.name}"
+        fix = "pip install onnxruntime-gpu there in place of onnxruntime and start the server again"
+    if provider not in providers:
+        return f"ONNX Runtime {where} has no {provider}: {fix}; the cuda/onnxruntime bundle is kept"
     return None

@@ -201,9 +201,9 @@ class KernelChooser:
                 path = Path(tmp) / "kernels.so"
                 lib.export_library(str(path), fcompile=self.compiler)
                 if self.gpu:
-                    from targets.cuda import compile_binaries
+                    from targets.cuda import compile_binaries, cuda_sources
 
-                    compile_binaries(lib.mod, path.parent, self.target)
+                    compile_binaries(cuda_sources(lib.mod), path.parent, self.target)
                 module = load_library(self.device, path, str(host["mtriple"]).split("-")[0])
             dev = self.device.session.cuda() if self.gpu else self.device.session.cpu()
         times = []
@@ -261,13 +261,18 @@ def gpu_lanes(weight: np.ndarray, unroll: int) -> int:
     return lanes
 
 
+def gpu_tries_sparse(weight: np.ndarray, batch: int, threshold: float) -> bool:
+    """Whether a sparse kernel is worth considering for ``weight`` at ``batch`` on a GPU."""
+    sparsity = 1.0 - np.count_nonzero(weight) / weight.size
+    return sparsity >= threshold and batch <= GPU_MAX_BATCH
+
+
 def gpu_candidates(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> list[Format]:
     """The formats timed on a GPU: TVM's dense schedule always; at sparsity >= ``threshold`` and
     batch <= ``GPU_MAX_BATCH``, CSR with 4 to 32 lanes per row, BSR 4x1 and 1x4 with 32
     when half the values they store are nonzeros; at batch > 1 also the batch-inner (SpMM) form."""
     formats = [Format("dense", unroll=1)]
-    sparsity = 1.0 - np.count_nonzero(weight) / weight.size
-    if sparsity < threshold or batch > GPU_MAX_BATCH:
+    if not gpu_tries_sparse(weight, batch, threshold):
         return formats
     sparse = [Format("bsr", (1, 1), 4, threads=t) for t in (4, 8, 16, 32)]
     for block in ((4, 1), (1, 4)):
@@ -286,7 +291,7 @@ def gpu_rule(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> Fo
     chosen when its bytes, divided by ``SPARSE_EFFICIENCY``, are fewer than dense's. With uint16
     indices and fp32 values that is from about 74% sparse (fp16 values: about 61%)."""
     dense = Format("dense", unroll=1)
-    if gpu_candidates(weight, batch, threshold, fp16) == [dense]:
+    if not gpu_tries_sparse(weight, batch, threshold):
         return dense
     fmt = Format(
         "bsr",
@@ -606,8 +611,9 @@ class TvmBackend:
             if on_gpu:
                 from targets.cuda import compile_binaries, cuda_sources
 
-                (out_dir / "model.cu").write_text("\n".join(cuda_sources(executable.mod)))
-                compile_binaries(executable.mod, out_dir, tvm_target)
+                sources = cuda_sources(executable.mod)
+                (out_dir / "model.cu").write_text("\n".join(sources))
+                compile_binaries(sources, out_dir, tvm_target)
         except (LoweringError, DeviceError):
             raise
         except Exception as e:
@@ -627,8 +633,8 @@ def load_runner(path: Path, target: Target, device: Device) -> Runner:
 
         if gpu(device) is None:
             return Unavailable(no_gpu(device, "tvm"))
-    if device.session is None:
-        if target.device_type == "cuda":
+        if device.session is None:
             install_cuda_binaries(path.parent)
+    if device.session is None:
         return TvmRunner(path, target.device_type)
     return RemoteTvmRunner(device, path, target.machine, target.device_type)

@@ -167,8 +167,8 @@ def test_the_loader_takes_the_compiled_binaries_instead_of_compiling(tmp_path: P
     target = cuda.tvm_target(LOCAL)
     packed = pack(sparse_weight((64, 48), 0.9), Format("bsr", (1, 1), 4, threads=8))
     lib = tvm.compile(tvm.IRModule({"main": gpu_kernel(packed, 1)}), target=tvm.target.Target(target))
-    (path,) = cuda.compile_binaries(lib.mod, tmp_path, target)
     (source,) = cuda.cuda_sources(lib.mod)
+    (path,) = cuda.compile_binaries([source], tmp_path, target)
     assert path.read_bytes()[:4] == FATBIN_MAGIC
     install_cuda_binaries(tmp_path)
     assert bytes(tvm_ffi.get_global_func("tvm_callback_cuda_compile")(source)) == path.read_bytes()
@@ -210,7 +210,7 @@ def test_over_rpc_to_a_server_without_a_gpu(tmp_path: Path) -> None:
 def test_without_nvcc_the_build_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(cuda.shutil, "which", lambda name: None)
     with pytest.raises(LoweringError, match="nvcc not found: .*install the CUDA toolkit"):
-        cuda.compile_binaries(object(), tmp_path, cuda.tvm_target(LOCAL))
+        cuda.compile_binaries([""], tmp_path, cuda.tvm_target(LOCAL))
 
 
 def test_the_hook_leaves_room_for_tvm_imported_after_it(tmp_path: Path) -> None:

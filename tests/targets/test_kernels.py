@@ -136,7 +136,7 @@ def test_gpu_kernel_arithmetic_matches_numpy(fmt: Format) -> None:
     ],
     ids=lambda v: v.name if isinstance(v, Format) else "",
 )
-def test_gpu_kernel_compiles_for_cuda(fmt: Format, loads: tuple[str, ...]) -> None:
+def test_gpu_kernel_cuda_source_has_vector_loads_and_shuffles(fmt: Format, loads: tuple[str, ...]) -> None:
     """The CUDA C TVM generates (no GPU needed): vector loads of the chunks, warp shuffles over
     the row's lanes, thread blocks of 128 threads, a grid row per batch row unless batch-inner."""
     import tvm
