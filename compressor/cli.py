@@ -14,8 +14,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, ConfigError
 from compressor.job import Job, run_job
+from compressor.logs import captured, log_path
+from compressor.output import new_run_id
 from compressor.report import kernels_table, summary_table, targets_table
 from compressor.state import PassRecord
 
@@ -59,6 +61,9 @@ class RichUI:
             yield
         self.console.print(f"[green]✓[/] {text} [dim]({time.perf_counter() - start:.1f}s)[/]")
 
+    def note(self, text: str) -> None:
+        self.console.print(f"[yellow]![/] {text}", highlight=False)
+
     def progress(self, description: str, total: int) -> RichBar:
         return RichBar(self.console, description, total)
 
@@ -89,9 +94,10 @@ class RichUI:
 )
 @click.option(
     "--backend",
-    default="default",
+    default="auto",
     show_default=True,
-    help="Backend per target: onnxruntime, tvm, all, or the target's default.",
+    help="Backend per target: auto (build, verify and time every one the target has; ship the fastest), "
+    "all (every one, each must succeed), onnxruntime or tvm.",
 )
 @click.option(
     "--rpc",
@@ -157,6 +163,8 @@ def compress(
         from passes.common import check_sparsity
 
         check_sparsity(sparsity, "--sparsity")
+    run_id = new_run_id()
+    log = log_path(run_id)
     job = Job(
         model=model,
         targets=targets,
@@ -176,8 +184,16 @@ def compress(
         plot=plot,
         trust_pickle=trust_pickle,
         seed=seed,
+        log=log,
+        run_id=run_id,
     )
-    report = run_job(job, RichUI(Console(stderr=True, width=None if sys.stderr.isatty() else 120)))
+    try:
+        with captured(log) as terminal:
+            ui = RichUI(Console(file=terminal, width=None if terminal.isatty() else 120))
+            report = run_job(job, ui)
+    except CompressorError as e:
+        raise type(e)(f"{e}{_log_hint(log)}") from e
+    log.unlink(missing_ok=True)  # copied into the output folder
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -187,7 +203,17 @@ def compress(
     for entry in report["targets"]:
         if entry["kernels"]:
             console.print(kernels_table(entry))
+    for target, chosen in report["chosen"].items():
+        console.print(f"chosen for {target}: {chosen['backend']} ({chosen['artifact']}), {chosen['why']}")
     console.print(f"wrote {job.out_dir}")
+
+
+def _log_hint(log: Path) -> str:
+    """Where a failed run's third-party output is, if it printed any."""
+    if log.is_file() and log.stat().st_size:
+        return f" (what the libraries printed: {log})"
+    log.unlink(missing_ok=True)
+    return ""
 
 
 def main() -> None:
@@ -200,8 +226,9 @@ def main() -> None:
         sys.exit(_fail("aborted", 130))
     except click.ClickException as e:
         sys.exit(_fail(f"{e.format_message()} (see compress --help)", 2))
-    except CompressorError as e:
-        sys.exit(_fail(str(e), 1))
+    except CompressorError as e:  # a bad option, recipe or name is a usage error
+        usage = isinstance(e, ConfigError) or isinstance(e.__cause__, ConfigError)
+        sys.exit(_fail(str(e), 2 if usage else 1))
     except KeyboardInterrupt:
         sys.exit(_fail("interrupted; no output was written", 130))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,21 +15,28 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from compressor.data import load_task
-from compressor.errors import ConfigError, DeviceError
+from compressor.errors import ConfigError, DeviceError, LoweringError, VerificationError
 from compressor.modelio import load_model, parse_input_shapes, save_exported
-from compressor.output import check_output_dir, output_dir
+from compressor.output import check_output_dir, new_run_id, output_dir
 from compressor.pipeline import Instrument, PassContext, Pipeline, Progress, no_progress
 from compressor.plots import write_plots, write_tables
 from compressor.recipe import load_recipe, parse
-from compressor.report import build_report, target_entry
+from compressor.report import build_report, peak_rss_bytes, target_entry
 
 DEFAULT_SPARSITY = 0.5
+DEFAULT_EPOCHS = 10
+BACKEND_CHOICES = ("auto", "all")
+"""Besides a backend's name: ``auto`` (the default) builds every backend the target supports and
+ships the fastest verified one, skipping those that cannot lower or verify the model; ``all``
+builds every one and fails if any does."""
 
 
 class UI(Instrument, Protocol):
-    """Progress display: named steps, progress bars for passes, and the instrument hooks."""
+    """Progress display: named steps, notes, progress bars for passes, and the instrument hooks."""
 
     def step(self, text: str) -> contextlib.AbstractContextManager[None]: ...
+
+    def note(self, text: str) -> None: ...
 
     def progress(self, description: str, total: int) -> Progress: ...
 
@@ -39,6 +47,9 @@ class QuietUI:
     @contextlib.contextmanager
     def step(self, text: str) -> Iterator[None]:
         yield
+
+    def note(self, text: str) -> None:
+        pass
 
     def before_pass(self, name: str, state: Any) -> None:
         pass
@@ -51,7 +62,7 @@ class QuietUI:
 class Job:
     model: Path
     targets: tuple[str, ...] = ("cpu",)
-    backend: str = "default"
+    backend: str = "auto"
     rpc: str | None = None
     tracker: str | None = None
     key: str | None = None
@@ -67,18 +78,33 @@ class Job:
     plot: bool = False
     trust_pickle: bool = False
     seed: int = 0
+    log: Path | None = None  # third-party output of the run, copied into the folder as log.txt
+    run_id: str | None = None
 
     @property
     def out_dir(self) -> Path:
         return self.out or self.model.with_name(f"{self.model.stem}-compressed")
 
     def pipeline(self) -> Pipeline:
+        """The recipe; by default, with data: gradual pruning while retraining for a few epochs,
+        then dead-neuron removal; without data: one-shot magnitude pruning."""
         if self.recipe is not None and self.sparsity is not None:
             raise ConfigError("give --recipe or --sparsity, not both (put the sparsity in the recipe)")
         if self.recipe is not None:
             return load_recipe(self.recipe)
         sparsity = DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
-        return parse(f"[magnitude-prune: {{sparsity: {sparsity!r}}}]")
+        if self.data is None:
+            return parse(f"[magnitude-prune: {{sparsity: {sparsity!r}}}]")
+        return parse(
+            f"[gradual-prune: {{sparsity: {sparsity!r}, epochs: {DEFAULT_EPOCHS}, clip_grad_norm: 1.0}}, "
+            "remove-dead-neurons]"
+        )
+
+    @property
+    def strict(self) -> bool:
+        """Whether a backend that cannot lower or verify the model fails the run (it was asked
+        for) rather than being skipped."""
+        return self.backend != "auto"
 
     def pairs(self) -> list[tuple[str, str]]:
         import targets
@@ -123,9 +149,19 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0)
 
 
+@dataclass
+class Built:
+    """One backend's artifacts for a target: the compressed model's and the unpruned model's."""
+
+    backend: str
+    compiled: Any
+    dense: Any = None
+
+
 def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
     """Run ``job``; write its output folder; return the report. Raises ``CompressorError``."""
     ui = ui or QuietUI()
+    run_id = job.run_id or new_run_id()
     # Check every option before any slow step.
     pipeline = job.pipeline()
     pairs = job.pairs()
@@ -137,6 +173,8 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
         task = load_task(job.data, job.loss, job.metric) if job.data else None
         original = load_model(job.model, trust_pickle=job.trust_pickle, input_shapes=shapes, task=task)
         metric_before = original.evaluate()
+    if task is None:
+        ui.note("the model's accuracy was not checked (no --data): pruned one-shot, without retraining")
     final = pipeline.apply(
         original, PassContext(seed=job.seed, instruments=(ui,), progress=ui.progress)
     ).state
@@ -144,8 +182,9 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
         return {}
 
     entries: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     failures: list[DeviceError] = []  # the device failed, not the model: keep what was built
-    with output_dir(job.out_dir) as out, tempfile.TemporaryDirectory() as scratch:
+    with output_dir(job.out_dir, run_id) as out, tempfile.TemporaryDirectory() as scratch:
         with ui.step("saving the compressed model (torch.export)"):
             save_exported(final, out / "model.pt2")
             (out / "recipe.yaml").write_text(str(pipeline))
@@ -154,23 +193,41 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
             with ui.step("plotting"):
                 write_plots(final.history, out / "plots")
         for target in dict.fromkeys(t for t, _ in pairs):
+            backends = [b for t, b in pairs if t == target]
             try:
                 with open_device(job, target, ui) as device:
-                    for backend in (b for t, b in pairs if t == target):
+                    built = []
+                    for backend in backends:
                         try:
-                            entries.append(
-                                lower_and_measure(
-                                    job, original, final, target, backend, device, out, Path(scratch), ui
-                                )
+                            built.append(
+                                build(job, original, final, target, backend, device, out, scratch, ui)
                             )
+                        except (LoweringError, VerificationError) as e:
+                            if job.strict:
+                                raise
+                            skipped.append({"target": target, "backend": backend, "reason": str(e)})
+                            ui.note(f"{target}/{backend} skipped: {e}")
                         except DeviceError as e:
                             failures.append(e)
+                    try:
+                        timed = time_all(job, target, built, ui)
+                    except DeviceError as e:  # what was built and verified is still reported
+                        failures.append(e)
+                        timed = {}
+                    entries += [entry(b, timed, out) for b in built]
             except DeviceError as e:
                 failures.append(e)
-        report = build_report(job, original, final, metric_before, pipeline, entries)
+        if not entries and not failures:
+            reasons = "; ".join(f"{s['target']}/{s['backend']}: {s['reason']}" for s in skipped)
+            raise LoweringError(f"no backend could lower and verify the model ({reasons})")
+        report = build_report(job, original, final, metric_before, pipeline, entries, skipped)
+        report["run"] = run_id
         if failures:
             report["error"] = "; ".join(map(str, failures))
+        report["peak_rss_bytes"] = peak_rss_bytes()
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if job.log is not None and job.log.is_file():
+            shutil.copy(job.log, out / "log.txt")
     if failures:
         raise DeviceError(f"{failures[0]}; what was built is kept in {job.out_dir}")
     return report
@@ -201,7 +258,7 @@ def open_device(job: Job, target: str, ui: UI) -> Iterator[Any]:
         yield targets.LOCAL
 
 
-def lower_and_measure(
+def build(
     job: Job,
     original: Any,
     final: Any,
@@ -209,10 +266,11 @@ def lower_and_measure(
     backend: str,
     device: Any,
     out: Path,
-    scratch: Path,
+    scratch: str,
     ui: UI,
-) -> dict[str, Any]:
-    """Lower, verify (and bundle, for a device), then time against the dense model: one report entry."""
+) -> Built:
+    """Lower and verify the compressed model (and bundle it, for a device), then the unpruned
+    one for comparison. Each runtime session is released once verified: only one lives at a time."""
     import targets
     from targets.bundle import write_bundle
 
@@ -221,13 +279,41 @@ def lower_and_measure(
         if compiled.target.rpc:  # runs elsewhere: the bundle goes with it
             write_bundle(compiled, seed=job.seed)
         compiled.verify(seed=job.seed)
-    dense_latency = latency = dense_bytes = None
+        compiled.release()
+    built = Built(backend, compiled)
     if job.measure:
-        with ui.step(f"{target}/{backend}: lowering and verifying the dense model"):
-            dense = targets.lower(original, target, backend, scratch / f"{target}-{backend}", device)
-            dense.verify(seed=job.seed)
-        with ui.step(f"{target}/{backend}: measuring latency (compressed and dense, interleaved)"):
-            timed = targets.measure_samplers({"model": compiled.sampler(), "dense": dense.sampler()})
-        latency, dense_latency = timed["model"], timed["dense"]
-        dense_bytes = dense.artifact.stat().st_size
-    return target_entry(compiled, out, latency, dense_latency, dense_bytes)
+        with ui.step(f"{target}/{backend}: lowering and verifying the unpruned model"):
+            try:
+                built.dense = targets.lower(
+                    original, target, backend, Path(scratch) / f"{target}-{backend}", device
+                )
+                built.dense.verify(seed=job.seed)
+            except (LoweringError, VerificationError) as e:
+                raise type(e)(f"the unpruned model: {e}") from None
+            built.dense.release()
+    return built
+
+
+def time_all(job: Job, target: str, built: list[Built], ui: UI) -> dict[str, Any]:
+    """Time every artifact of ``target`` in turns, each alone (``targets.measure_compiled``):
+    ``{backend: latency, backend + " dense": latency}``."""
+    import targets
+
+    if not (job.measure and built):
+        return {}
+    models = {
+        f"{b.backend}{suffix}": c for b in built for suffix, c in (("", b.compiled), (" dense", b.dense))
+    }
+    with ui.step(f"{target}: timing {len(models)} models, each alone, in turns"):
+        return targets.measure_compiled(models)
+
+
+def entry(built: Built, timed: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The report entry of one backend's artifacts."""
+    return target_entry(
+        built.compiled,
+        out,
+        timed.get(built.backend),
+        timed.get(f"{built.backend} dense"),
+        built.dense.artifact.stat().st_size if built.dense else None,
+    )

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from compressor.checks import nonfinite_hint
 from compressor.errors import ConfigError, ModelLoadError
 from compressor.registry import ARCHITECTURES
-from compressor.state import State, apply_masks, set_eval
+from compressor.state import State, apply_masks, flatten_outputs, set_eval
 
 CHECKPOINT_FORMAT = "compressor.checkpoint"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}
@@ -115,9 +116,10 @@ def save_exported(state: State, path: str | Path) -> None:
 
 
 def _check_runs(module: nn.Module, inputs: tuple[torch.Tensor, ...], from_user: bool) -> None:
+    """The module runs on ``inputs`` and its outputs are finite."""
     try:
         with torch.no_grad():
-            module(*inputs)
+            outputs = flatten_outputs(module(*inputs))
     except Exception as e:
         shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
         problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -127,6 +129,12 @@ def _check_runs(module: nn.Module, inputs: tuple[torch.Tensor, ...], from_user: 
                 "give the shape of the model's input"
             ) from None
         raise ModelLoadError(f"the model does not run on its own example inputs ({problem})") from None
+    for index, out in enumerate(outputs):
+        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            raise ModelLoadError(
+                f"the model's output {index} on its example input is not finite ({nonfinite_hint(module)}); "
+                "retrain or restore the model before compressing it"
+            )
 
 
 def _is_export_archive(path: Path) -> bool:

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from compressor.errors import CompressorError, PassError
+from compressor.checks import model_problem
+from compressor.errors import CompressorError, ModelLoadError, PassError
 from compressor.state import PassRecord, State
 
 
@@ -93,6 +94,7 @@ class Pipeline:
 
     def apply(self, state: State, ctx: PassContext) -> PassResult:
         ran: list[str] = []
+        varying = first_check(state, ctx.seed)
         for p in self.passes:
             for instrument in ctx.instruments:
                 instrument.before_pass(p.name, state)
@@ -103,7 +105,11 @@ class Pipeline:
                 raise type(e)(f"{_where(p.name, ran)}: {e}") from e
             except Exception as e:  # a bug or a model the pass cannot handle: name the pass
                 raise PassError(f"{_where(p.name, ran)}: {type(e).__name__}: {e}") from e
-            rec = record(p.name, time.perf_counter() - start, result.state, result.changes)
+            seconds = time.perf_counter() - start
+            problem, varying = model_problem(result.state, varying, ctx.seed)
+            if problem:
+                raise PassError(f"{_where(p.name, ran, 'broke the model')}: {problem.text}; {problem.fix}")
+            rec = record(p.name, seconds, result.state, result.changes)
             state = result.state.replace(history=(*result.state.history, rec))
             for instrument in ctx.instruments:
                 instrument.after_pass(p.name, state, rec)
@@ -120,6 +126,14 @@ class Pipeline:
         return format_recipe(self)
 
 
-def _where(name: str, ran: list[str]) -> str:
+def first_check(state: State, seed: int) -> list[bool]:
+    """Which outputs vary with the input before any pass; non-finite outputs are the model's own."""
+    problem, varying = model_problem(state, None, seed)
+    if problem:
+        raise ModelLoadError(f"the model's {problem.text}; fix the model before compressing it")
+    return varying
+
+
+def _where(name: str, ran: list[str], verb: str = "failed") -> str:
     before = f" after [{', '.join(ran)}]" if ran else " (first pass)"
-    return f"pass {name!r} failed{before}"
+    return f"pass {name!r} {verb}{before}"

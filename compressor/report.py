@@ -56,16 +56,22 @@ def target_entry(
     }
 
 
-def build_report(
-    job: Job,
-    original: State,
-    final: State,
-    metric_before: float | None,
-    pipeline: Pipeline,
-    entries: list[dict[str, Any]],
-) -> dict[str, Any]:
-    before, after = original.stats(), final.stats()
-    for entry in entries:  # against the fastest dense model of any backend on the same target
+def peak_rss_bytes() -> int:
+    """The most memory this process held at once, plus the most any one of its finished child
+    processes held (workers, converters: they run one at a time, so the sum bounds the job's
+    total from above)."""
+    import resource
+
+    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss is in KB on Linux
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int((own + children) * scale)
+
+
+def add_comparisons(entries: list[dict[str, Any]]) -> None:
+    """``speedup_vs_best_dense``: the fastest unpruned model of any backend on the same target
+    (all timed in the same rotation) over this backend's compressed model."""
+    for entry in entries:
         dense = [
             e["dense_latency_ms"]["median"]
             for e in entries
@@ -73,6 +79,43 @@ def build_report(
         ]
         if dense and entry["latency_ms"]:
             entry["speedup_vs_best_dense"] = round(min(dense) / entry["latency_ms"]["median"], 4)
+
+
+def choose(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per target, the backend to deploy: the fastest verified one, or without timings the
+    target's preferred backend among those that verified (``entries`` are in preference order)."""
+    chosen = {}
+    for target in dict.fromkeys(e["target"] for e in entries):
+        mine = [e for e in entries if e["target"] == target and e["verified"]]
+        if not mine:
+            continue
+        timed = [e for e in mine if e["latency_ms"]]
+        if len(timed) == len(mine):
+            best = min(timed, key=lambda e: e["latency_ms"]["median"])
+            others = ", ".join(
+                f"{e['backend']} {e['latency_ms']['median']:.3g} ms" for e in timed if e is not best
+            )
+            why = f"the fastest verified: {best['latency_ms']['median']:.3g} ms" + (
+                f" (vs {others})" if others else " (the only one built)"
+            )
+        else:
+            best = mine[0]
+            why = "not timed (--no-measure): the target's preferred backend among those verified"
+        chosen[target] = {"backend": best["backend"], "artifact": best["artifact"], "why": why}
+    return chosen
+
+
+def build_report(
+    job: Job,
+    original: State,
+    final: State,
+    metric_before: float | None,
+    pipeline: Pipeline,
+    entries: list[dict[str, Any]],
+    skipped: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    before, after = original.stats(), final.stats()
+    add_comparisons(entries)
     return {
         "model": str(job.model),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -88,6 +131,8 @@ def build_report(
         "layer_sparsity": layer_sparsity(final.module),
         "passes": [r.to_json() for r in final.history],
         "targets": entries,
+        "chosen": choose(entries),
+        "skipped": skipped or [],
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": {p: _version(p) for p in ("compressor", "torch", "onnxruntime", "onnx", "apache-tvm")},
     }
@@ -119,7 +164,7 @@ def kernels_table(entry: dict[str, Any]) -> Table:
             str(k["batch"]),
             f"{k['sparsity']:.0%}",
             k["format"] + (" (cached)" if k["cached"] else ""),
-            str(k["calls"]),
+            "-" if k["calls"] is None else str(k["calls"]),
             f"{dense:.4f}" if dense is not None else "-",
             f"{times[k['format']]:.4f}" if k["format"] in times else "-",
         )

@@ -4,6 +4,6 @@ Importing this package registers the architectures that checkpoints name.
 """
 
 from models.digits import digits_splits
-from models.zoo import CharLM, LeNet5, LeNet300, LSTMClassifier
+from models.zoo import LSTMLM, CharLM, LeNet5, LeNet300, LSTMClassifier
 
-__all__ = ["CharLM", "LSTMClassifier", "LeNet5", "LeNet300", "digits_splits"]
+__all__ = ["LSTMLM", "CharLM", "LSTMClassifier", "LeNet5", "LeNet300", "digits_splits"]

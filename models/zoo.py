@@ -82,3 +82,27 @@ def char_lstm(vocab: int = 98, embed: int = 32, hidden: int = 256, layers: int =
 @ARCHITECTURES.register("char-gru")
 def char_gru(vocab: int = 98, embed: int = 32, hidden: int = 256, layers: int = 1) -> CharLM:
     return CharLM(nn.GRU, vocab, embed, hidden, layers)
+
+
+@ARCHITECTURES.register("lstm-lm")
+class LSTMLM(nn.Module):
+    """A character-level LSTM language model that carries its state: ``forward(ids, h, c)`` maps
+    ids (N, T) and the state (layers, N, hidden) to (logits (N, T, vocab), h, c).
+
+    It trains on windows of text from a zero state (``h`` and ``c`` left out) and is deployed one
+    token per call with the state passed in and returned: the work of one step of generation,
+    where every weight is read once per token.
+    """
+
+    def __init__(self, vocab: int = 98, embed: int = 32, hidden: int = 1536, layers: int = 1) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.rnn = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(
+        self, x: torch.Tensor, h: torch.Tensor | None = None, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        state = None if h is None or c is None else (h, c)
+        out, (h, c) = self.rnn(self.embed(x), state)
+        return self.head(out), h, c

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from compressor.errors import PassError
+from compressor.inputs import trial_inputs
 from compressor.pipeline import PassContext, PassResult
 from compressor.registry import PASSES
 from compressor.state import State, set_eval
@@ -402,11 +403,7 @@ def _set_submodule(root: nn.Module, fqn: str, new: nn.Module) -> None:
 
 def check_unchanged(before: State, after: State, trials: int = 3) -> None:
     """Outputs must not change: a removal the analysis got wrong is an error, never a model."""
-    from targets.verify import fresh_inputs  # shared helper; no target is involved
-
-    generator = torch.Generator().manual_seed(0)
-    for trial in range(trials):
-        inputs = before.example_inputs if trial == 0 else fresh_inputs(before.example_inputs, generator)
+    for inputs in trial_inputs(before.module, before.example_inputs, trials - 1):
         for want, have in zip(before.reference_outputs(inputs), after.reference_outputs(inputs), strict=True):
             if want.shape != have.shape or not torch.allclose(want, have, rtol=1e-4, atol=1e-5):
                 raise PassError(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +94,8 @@ class Granularity:
         """Mask removing about ``sparsity`` of ``weight``'s entries, lowest scores first."""
         if self.kind == "nm":
             return self._nm(weight, old, count=min(round(sparsity * self.c), self.c - self.r))
-        return global_masks({"w": weight}, sparsity, self, {"w": old} if old is not None else {})["w"]
+        old_masks = {"w": old} if old is not None else {}
+        return global_masks({"w": weight}, sparsity, self, old_masks, cap=1.0)["w"]  # its own sparsity
 
     def prune_below(
         self, weight: torch.Tensor, threshold: float, old: torch.Tensor | None = None
@@ -125,28 +126,58 @@ class Granularity:
         return keep if old is None else keep & old
 
 
+MAX_LAYER_SPARSITY = 0.99
+"""Global pruning takes no layer past this: a layer at 100% makes the model return a constant."""
+
+
 def global_masks(
     weights: Mapping[str, torch.Tensor],
     sparsity: float,
     granularity: Granularity,
     old: Mapping[str, torch.Tensor],
+    cap: float = MAX_LAYER_SPARSITY,
 ) -> dict[str, torch.Tensor]:
     """Prune ``sparsity`` of all entries of ``weights`` together, lowest-scoring groups first.
 
     Groups are ranked across layers and taken whole until the requested number of entries is
-    reached, so blocks and rows are never split.
+    reached, so blocks and rows are never split. No layer goes past ``cap`` (nor loses its last
+    group): a layer that would is pruned to ``cap`` by its own ranking and the rest of the
+    budget is spread over the others, again until none is over (water-filling).
     """
     if granularity.kind == "nm":
         return {k: granularity.prune_to(w, sparsity, old.get(k)) for k, w in weights.items()}
+    ranked = _unstructured_masks if granularity.kind == "unstructured" else _ranked_masks
+    budget = sparsity * sum(w.numel() for w in weights.values())
+    capped: dict[str, torch.Tensor] = {}
+    while True:
+        free = {k: w for k, w in weights.items() if k not in capped}
+        left = budget - sum(_pruned(m) for m in capped.values())
+        masks = ranked(free, left, granularity, old) if free else {}
+        over = [k for k, m in masks.items() if _pruned(m) > cap * m.numel()]
+        if not over:
+            return {**masks, **capped}
+        for k in over:
+            limit = cap * weights[k].numel()
+            capped[k] = ranked({k: weights[k]}, limit, granularity, old, at_most=True)[k]
+
+
+def _ranked_masks(
+    weights: Mapping[str, torch.Tensor],
+    target: float,
+    granularity: Granularity,
+    old: Mapping[str, torch.Tensor],
+    at_most: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Masks pruning the lowest-scoring groups of ``weights`` together, as many as bring the
+    pruned entries nearest ``target`` (``at_most``: not past it); at least one group stays."""
     scores = {k: granularity.masked_scores(w, old.get(k)) for k, w in weights.items()}
     sizes = {k: granularity.group_sizes(w.shape) for k, w in weights.items()}
     flat_scores = torch.cat([s.flatten() for s in scores.values()])
     flat_sizes = torch.cat([s.flatten() for s in sizes.values()])
-    target = sparsity * float(flat_sizes.sum())
     order = flat_scores.argsort(stable=True)
-    # Take whole groups, smallest score first, as many as bring the pruned count nearest the target.
     entries = torch.cat([torch.zeros(1), flat_sizes[order].cumsum(0)])
-    count = int((entries - target).abs().argmin())
+    count = int((entries <= target).sum()) - 1 if at_most else int((entries - target).abs().argmin())
+    count = min(count, len(order) - 1)  # a group always stays
     pruned = torch.zeros(len(order), dtype=torch.bool)
     pruned[order[:count]] = True
     masks = {}
@@ -154,3 +185,52 @@ def global_masks(
         keep = granularity.expand(~part.reshape(s.shape), weights[k].shape)
         masks[k] = keep if k not in old else keep & old[k]
     return masks
+
+
+def _unstructured_masks(
+    weights: Mapping[str, torch.Tensor],
+    target: float,
+    granularity: Granularity,
+    old: Mapping[str, torch.Tensor],
+    at_most: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``_ranked_masks`` for single weights, without sorting: the count-th smallest score by
+    selection (``np.partition``, in place on one float copy of the weights), ties taken in order.
+    100M-parameter models prune in a second or two, in one extra copy of their weights."""
+    scores = {k: _scores(w, old.get(k)) for k, w in weights.items()}  # computed when needed
+    total = sum(w.numel() for w in weights.values())
+    count = math.floor(target) if at_most else math.ceil(target - 0.5)  # the nearest, as _ranked_masks
+    count = max(0, min(count, total - 1))
+    threshold = -math.inf  # nothing is below it: count 0 prunes nothing
+    if count:
+        flat = torch.cat([score().reshape(-1) for score in scores.values()]).numpy()
+        flat.partition(count - 1)
+        threshold = float(flat[count - 1])
+        del flat
+    masks = {}
+    ties_left = count
+    for k, score in scores.items():
+        masks[k] = score() >= threshold
+        ties_left -= _pruned(masks[k])
+    # Entries equal to the threshold are pruned in order until ``count`` is reached.
+    for k, score in scores.items():
+        if ties_left <= 0:
+            break
+        equal = (score() == threshold).reshape(-1).nonzero().reshape(-1)[:ties_left]
+        masks[k].view(-1)[equal] = False
+        ties_left -= len(equal)
+    return {k: m if k not in old else m & old[k] for k, m in masks.items()}
+
+
+def _pruned(mask: torch.Tensor) -> int:
+    return mask.numel() - int(mask.count_nonzero())
+
+
+def _scores(weight: torch.Tensor, old: torch.Tensor | None) -> Callable[[], torch.Tensor]:
+    """|w|, with -1 where ``old`` has pruned already (those go first), computed when called."""
+
+    def score() -> torch.Tensor:
+        values = weight.detach().abs()
+        return values if old is None else values.masked_fill_(~old, -1.0)
+
+    return score

@@ -8,34 +8,37 @@ from compressor.errors import ConfigError
 from compressor.registry import BACKENDS, TARGETS
 from compressor.state import State
 from targets import arm64, cpu, cuda, onnxruntime, tvm  # noqa: F401  (register)
-from targets.base import Compiled, Target
+from targets.base import Compiled, Target, measure_compiled
 from targets.remote import LOCAL, Device
-from targets.runtime.measure import Latency, measure, measure_samplers
+from targets.runtime.measure import Factory, Latency, measure
 from targets.verify import Verification, verify
 
 __all__ = [
     "LOCAL",
     "Compiled",
     "Device",
+    "Factory",
     "Latency",
     "Target",
     "Verification",
     "backends_for",
     "lower",
     "measure",
-    "measure_samplers",
+    "measure_compiled",
     "verify",
 ]
 
 
-def backends_for(target: str, backend: str = "default") -> list[str]:
-    """The backends to build for ``target``: one name, ``default`` (the target's defaults) or ``all``."""
+def backends_for(target: str, backend: str = "auto") -> list[str]:
+    """The backends to build for ``target``, in its order of preference: one by name, or every one
+    it supports for ``auto`` and ``all``."""
     usable = TARGETS.get(target).backends
-    if backend == "all":
+    if backend in ("auto", "all"):
         return list(usable)
-    if backend == "default":
-        return list(TARGETS.get(target).defaults)
-    BACKENDS.get(backend)  # unknown names list the known ones
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"unknown backend {backend!r}; choose auto, all or one of: {', '.join(BACKENDS.names())}"
+        )
     if backend not in usable:
         raise ConfigError(
             f"backend {backend!r} is not available for target {target!r}; available: {', '.join(usable)}"

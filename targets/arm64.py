@@ -23,7 +23,6 @@ ARM64 = TARGETS.register("arm64")(
         name="arm64",
         description="an ARM64 phone or board over TVM RPC (--rpc, --tracker) or emulated (--emulate)",
         backends=("tvm", "onnxruntime"),
-        defaults=("tvm", "onnxruntime"),
         remote=True,
         rpc=True,
         emulator=True,

@@ -2,40 +2,30 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from compressor.errors import DeviceError
+from compressor.errors import DeviceError, LoweringError
 from compressor.state import State
-from targets.runtime.measure import Latency, Sampler, loop, measure_samplers
+from targets.runtime.measure import Factory, Latency, Turner, WorkerError, measure_turns, worker_turner
 from targets.verify import Verification, verify
 
 if TYPE_CHECKING:
     from targets.remote import Device
 
 
-def cache_root() -> Path:
-    """``$COMPRESSOR_CACHE``, else ``$XDG_CACHE_HOME/compressor`` or ``~/.cache/compressor``."""
-    root = os.environ.get("COMPRESSOR_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compressor"
-
-
 @dataclass(frozen=True)
 class Target:
-    """A device kind to lower for. ``backends`` lists the usable ones, preferred first;
-    ``defaults`` those built when no ``--backend`` is given."""
+    """A device kind to lower for. ``backends`` lists the usable ones, preferred first (the one
+    shipped when nothing is timed)."""
 
     name: str
     description: str
     backends: tuple[str, ...]
-    defaults: tuple[str, ...]
     remote: bool = False  # runs only on a device reached over RPC (--rpc, --tracker, --emulate)
     rpc: bool = False  # accepts --rpc / --tracker
     emulator: bool = False  # accepts --emulate
@@ -43,13 +33,23 @@ class Target:
     device_type: str = "cpu"  # where the model runs on it: "cpu" or "cuda"
 
 
+RUN_PY = str(Path(__file__).resolve().parent / "runtime" / "run.py")
+
+
 class Runner(Protocol):
-    """A loaded artifact that runs on numpy inputs (here, or on a device: then it also has
-    ``sampler(inputs)``, timing with the device's clock)."""
+    """A loaded artifact that runs on numpy inputs, here or on a device.
+
+    It is timed in turns (``targets.runtime.measure``): here by a worker process that loads
+    ``timer(inputs)``, the artifact's ``Factory``; on a device by ``turner(inputs)``, on the
+    device's clock. ``release()`` frees what it holds (its runtime session), so that nothing of
+    it runs beside the model being timed; ``run`` loads it again when needed.
+    """
 
     threads: int
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass
@@ -63,7 +63,10 @@ class Unavailable:
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         raise DeviceError(self.reason)
 
-    def sampler(self, inputs: Sequence[np.ndarray]) -> Sampler:
+    def release(self) -> None:
+        pass
+
+    def turner(self, inputs: Sequence[np.ndarray]) -> Turner:
         raise DeviceError(self.reason)
 
 
@@ -96,19 +99,38 @@ class Compiled:
         return self.verification
 
     def measure(self, min_samples: int = 30, min_seconds: float = 1.0) -> Latency:
-        """Latency of the artifact on its example inputs (see ``targets.runtime.measure``)."""
+        """Latency of the artifact on its example inputs, timed alone (``measure_compiled``)."""
         if self.verification is None:
             self.verify()
-        return measure_samplers({"model": self.sampler()}, min_samples, min_seconds)["model"]
+        return measure_compiled({"model": self}, min_samples=min_samples, min_seconds=min_seconds)["model"]
 
-    def sampler(self) -> Sampler:
-        """Times runs on the example inputs: on the device's clock when the runner has one."""
-        inputs = [t.numpy() for t in self.state.example_inputs]
-        if hasattr(self.runner, "sampler"):
-            return self.runner.sampler(inputs)
-        return loop(lambda: self.runner.run(inputs))
+    def release(self) -> None:
+        self.runner.release()
 
-    def timer(self) -> Callable[[], object]:
-        """One run on the example inputs, here."""
+    def turner(self, scratch: Path) -> Turner:
+        """Takes timing turns of the artifact on its example inputs: in a worker process of its
+        own here (the inputs go to ``scratch``), or on the device."""
         inputs = [t.numpy() for t in self.state.example_inputs]
-        return lambda: self.runner.run(inputs)
+        if hasattr(self.runner, "turner"):
+            return self.runner.turner(inputs)
+        path = scratch / f"inputs-{id(self)}.npz"
+        np.savez(path, *inputs)
+        factory: Factory = self.runner.timer(str(path), [f"arr_{i}" for i in range(len(inputs))])
+        return worker_turner(factory)
+
+
+def measure_compiled(
+    models: dict[str, Compiled], turns: int = 3, min_samples: int = 30, min_seconds: float = 1.0
+) -> dict[str, Latency]:
+    """Time each model alone, taking turns (each turn here runs in a fresh worker process that
+    holds only that model); every model's runtime session in this process is released first."""
+    import tempfile
+
+    for compiled in models.values():
+        compiled.release()
+    with tempfile.TemporaryDirectory(prefix="compressor-timing-") as scratch:
+        turners = {name: c.turner(Path(scratch)) for name, c in models.items()}
+        try:
+            return measure_turns(turners, turns, min_samples, min_seconds)
+        except WorkerError as e:
+            raise LoweringError(f"timing {', '.join(models)} failed: {e}") from None

@@ -23,7 +23,7 @@ from targets.base import Compiled
 from targets.verify import trial_inputs
 
 RUNTIME = Path(__file__).resolve().parent / "runtime"
-RUNNERS = ("run.py", "server.py", "check.py", "measure.py")
+RUNNERS = ("run.py", "server.py", "check.py", "measure.py", "worker.py")
 RUNTIMES = {"tvm": "apache-tvm", "onnxruntime": "onnxruntime"}
 
 

@@ -8,6 +8,5 @@ CPU = TARGETS.register("cpu")(
         name="cpu",
         description="this host's CPU (x86-64)",
         backends=("onnxruntime", "tvm"),
-        defaults=("onnxruntime",),  # tvm joins once its kernels are tuned
     )
 )

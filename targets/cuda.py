@@ -29,7 +29,6 @@ CUDA = TARGETS.register("cuda")(
         name="cuda",
         description="an NVIDIA GPU, here or on a GPU server over TVM RPC (--rpc, --tracker)",
         backends=("tvm", "onnxruntime"),
-        defaults=("tvm", "onnxruntime"),
         rpc=True,
         device_type="cuda",
     )

@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 
 from compressor.errors import DeviceError
-from targets.base import cache_root
+from compressor.paths import cache_root
 from targets.remote import Device, connect
 
 SUITE = "bookworm"  # its python3 is 3.11, the version the wheels are fetched for

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from compressor.errors import ConfigError, DeviceError
-from targets.runtime.measure import Sampler
+from targets.runtime.measure import Turn, Turner, turn
 from targets.runtime.run import flatten, npz_arrays, npz_bytes
 
 CONNECT_SECONDS = 10.0
@@ -35,6 +35,7 @@ class Device:
     name: str
     session: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    address: str = ""  # how it was reached: HOST:PORT, or the tracker's key
 
     @property
     def emulated(self) -> bool:
@@ -42,10 +43,15 @@ class Device:
 
     @property
     def cache_key(self) -> str:
-        """What kernel timings depend on: the machine, and whether it is emulated."""
+        """What kernel timings depend on: which processor, how many cores, which GPU, whether
+        emulated, as the bundle's server reports them. A plain TVM RPC server reports nothing:
+        then the address (or tracker key) it was reached by stands for the device."""
         if self.session is None:
             return "local"
-        return f"{self.info.get('machine', 'unknown')}{'-emulated' if self.emulated else ''}"
+        if not self.info:
+            return f"unknown device at {self.address}"
+        keys = ("machine", "cpu", "cpus", "gpu", "emulated")
+        return json.dumps({k: self.info.get(k) for k in keys}, sort_keys=True)
 
     @contextlib.contextmanager
     def errors(self, doing: str) -> Iterator[None]:
@@ -93,7 +99,7 @@ def connect(address: str) -> Device:
         f"start one on the device (python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}, "
         "or the TVM RPC app) or fix --rpc",
     )
-    device = Device(f"the device at {address}")
+    device = Device(f"the device at {address}", address=address)
     with device.errors("opening an RPC session"):
         device.session = rpc.connect(host, port, session_timeout=0)
     device.info = device_info(device.session)
@@ -106,7 +112,7 @@ def request(address: str, key: str) -> Device:
 
     host, port = parse_address(address, "--tracker")
     _reachable(host, port, "TVM RPC tracker", "start it (python -m tvm.exec.rpc_tracker) or fix --tracker")
-    device = Device(f"device {key!r} of the tracker at {address}")
+    device = Device(f"device {key!r} of the tracker at {address}", address=f"tracker key {key}")
     with device.errors("asking the tracker for a device"):
         tracker = rpc.connect_tracker(host, port)
         keys = {item["key"].split(":", 1)[-1] for item in tracker.summary()["server_info"]}
@@ -198,9 +204,11 @@ class RemoteTvmRunner:
             self.vm.invoke_stateful("main")
             return flatten(self.vm.get_outputs("main"))
 
-    def sampler(self, inputs: Sequence[np.ndarray]) -> Sampler:
-        with self.device.errors("measuring"):
-            self._set(inputs)
+    def release(self) -> None:
+        pass  # the device's TVM modules share one thread pool: they cannot disturb each other
+
+    def turner(self, inputs: Sequence[np.ndarray]) -> Turner:
+        """Turns on the device's clock (``time_evaluator``)."""
         evaluators: dict[int, Any] = {}
 
         def sample(number: int) -> float:
@@ -209,38 +217,72 @@ class RemoteTvmRunner:
                     evaluators[number] = self.vm.time_evaluator("invoke_stateful", self.dev, number=number)
                 return float(evaluators[number]("main").mean)
 
-        return sample
+        def take(seconds: float, min_samples: int, number: int | None) -> Turn:
+            with self.device.errors("measuring"):
+                self._set(inputs)
+            return turn(sample, seconds, min_samples, number)
+
+        return take
 
 
 class RemoteOrtRunner:
-    """An ONNX Runtime session on the device, through the functions of ``runtime/server.py``."""
+    """An ONNX Runtime session on the device, through the functions of ``runtime/server.py``.
+
+    The session is made when first needed and freed by ``release``: each timing turn loads it,
+    times it on the device's clock and frees it, so no idle session's threads spin there beside
+    the model being timed."""
 
     def __init__(self, device: Device, model: Path, provider: str = "CPUExecutionProvider") -> None:
         self.device = device
+        self.provider = provider
         self.threads = int(device.info.get("cpus") or 1)
+        self.handle: int | None = None
         try:
-            load = device.session.get_function("compressor.ort_load")
+            device.session.get_function("compressor.ort_load")
         except Exception:
             raise DeviceError(
                 f"{device.name} serves TVM modules only, not ONNX Runtime; run the server of "
                 "the bundle there (python3 server.py) or the bundle's run.py, or use --backend tvm"
             ) from None
-        name = upload(device, model)
+        self.name = model.name
+        remote = upload(device, model)
         with device.errors(f"loading {model.name} in ONNX Runtime"):
-            path = device.session.get_function("tvm.rpc.server.workpath")(name)
-            self.handle = int(load(path, self.threads, provider))
+            self.path = device.session.get_function("tvm.rpc.server.workpath")(remote)
             self._run = device.session.get_function("compressor.ort_run")
             self._time = device.session.get_function("compressor.ort_time")
+        self._load()
+
+    def _load(self) -> int:
+        if self.handle is None:
+            with self.device.errors(f"loading {self.name} in ONNX Runtime"):
+                load = self.device.session.get_function("compressor.ort_load")
+                self.handle = int(load(self.path, self.threads, self.provider))
+        return self.handle
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        handle = self._load()
         with self.device.errors("running the model"):
-            return npz_arrays(bytes(self._run(self.handle, bytearray(npz_bytes(inputs)))))
+            return npz_arrays(bytes(self._run(handle, bytearray(npz_bytes(inputs)))))
 
-    def sampler(self, inputs: Sequence[np.ndarray]) -> Sampler:
+    def release(self) -> None:
+        if self.handle is None:
+            return
+        with contextlib.suppress(Exception):  # a server older than ort_free keeps the session
+            self.device.session.get_function("compressor.ort_free")(self.handle)
+        self.handle = None
+
+    def turner(self, inputs: Sequence[np.ndarray]) -> Turner:
         data = bytearray(npz_bytes(inputs))
 
         def sample(number: int) -> float:
             with self.device.errors("measuring"):
                 return float(self._time(self.handle, data, number))
 
-        return sample
+        def take(seconds: float, min_samples: int, number: int | None) -> Turn:
+            self._load()
+            try:
+                return turn(sample, seconds, min_samples, number)
+            finally:
+                self.release()
+
+        return take

@@ -16,6 +16,7 @@ The Relax torch frontend miscomputes negative indices (``x[:, -1]`` becomes an o
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -29,11 +30,13 @@ import numpy as np
 import torch
 
 from compressor.errors import DeviceError, LoweringError
+from compressor.paths import cache_root
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
-from targets.base import Runner, Target, Unavailable, cache_root
+from targets.base import RUN_PY, Runner, Target, Unavailable
 from targets.kernels import Format, Packed, block_fill, gpu_kernel, kernel, pack
 from targets.remote import LOCAL, Device, RemoteTvmRunner, load_library
+from targets.runtime.measure import Factory
 from targets.runtime.run import flatten, install_cuda_binaries
 
 CACHE_VERSION = 2  # bump when the kernels change: cached timings are of the old ones
@@ -182,7 +185,8 @@ class KernelChooser:
     def _key(self, weight: np.ndarray, batch: int, formats: list[Format]) -> str:
         h = hashlib.sha256()
         names = [f.name for f in formats]
-        key = [CACHE_VERSION, self.target, self.device.cache_key, batch, list(weight.shape), names]
+        threads = set_threads() if self.device.session is None else self.device.info.get("cpus")
+        key = [CACHE_VERSION, self.target, self.device.cache_key, threads, batch, list(weight.shape), names]
         h.update(json.dumps(key).encode())
         h.update(np.packbits(weight != 0).tobytes())
         return h.hexdigest()
@@ -328,19 +332,33 @@ def gpu_dense_kernel(n: int, k: int, batch: int, target: Any) -> Any:
 
 @dataclass
 class Layer:
-    """One constant-weight matmul of the graph and the kernel it got."""
+    """One constant-weight matmul of the graph and the kernel it got. ``calls``: how many times
+    one run of the built model calls the kernel (a call TVM folds away, such as the first step
+    of a recurrent layer from a zero state, is not counted); None for TVM's own kernels."""
 
     name: str
     shape: tuple[int, int]
     batch: int
     sparsity: float
     format: str
-    calls: int
+    calls: int | None
     times_ms: dict[str, float]
     cached: bool
+    symbol: str | None = None  # the kernel's function in the built module
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["symbol"]
+        return out
+
+
+def count_calls(executable: Any, layers: list[Layer]) -> None:
+    """Set each layer's ``calls`` from the VM's bytecode of ``main`` (after TVM's folding)."""
+    import re
+
+    called = re.findall(r"^\s*call\s+(\S+)", executable.as_text(), re.M)
+    for layer in layers:
+        layer.calls = called.count(layer.symbol) if layer.symbol else None
 
 
 def rewrite_matmuls(
@@ -391,13 +409,13 @@ def rewrite_matmuls(
                 batch=batch,
                 sparsity=round(1.0 - np.count_nonzero(weight) / weight.size, 4),
                 format=choice.format.name if func is not None else GPU_DENSE,
-                calls=0,
+                calls=None,
                 times_ms={f: round(t, 5) for f, t in choice.times_ms.items()},
                 cached=choice.cached,
+                symbol=None if func is None else symbol,
             )
             kernels[key] = (gvar, [relax.const(a) for a in packed.arrays], layer)
         gvar, consts, layer = kernels[key]
-        layer.calls += 1
         if gvar is None:
             return call
         flat = relax.op.reshape(x, (batch, k)) if len(shape) != 2 else x
@@ -527,21 +545,38 @@ def parameter_names(state: State) -> dict[bytes, str]:
 
 
 class TvmRunner:
-    """A Relax VM over a compiled library."""
+    """A Relax VM over a compiled library, loaded when first needed."""
 
     def __init__(self, library: Path, device_type: str = "cpu") -> None:
-        import tvm
-        from tvm import relax
-
+        self.library, self.device_type = library, device_type
         self.threads = set_threads()
-        self.device = tvm.device(device_type, 0)
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
-        self._tensor = tvm.runtime.tensor
         self.layers: list[dict[str, Any]] = []  # the kernel chosen per weight, when built here
+        self.vm: Any = None
+        self._load()
+
+    def _load(self) -> Any:
+        if self.vm is None:
+            import tvm
+            from tvm import relax
+
+            self.device = tvm.device(self.device_type, 0)
+            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.library)), self.device)
+        return self.vm
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        out = self.vm["main"](*(self._tensor(x, self.device) for x in inputs))
+        import tvm
+
+        out = self._load()["main"](*(tvm.runtime.tensor(x, self.device) for x in inputs))
         return flatten(out)
+
+    def release(self) -> None:
+        self.vm = None
+
+    def timer(self, inputs: str, keys: list[str]) -> Factory:
+        """The library in a worker with only ``tvm_ffi`` and the runtime library (no compiler)."""
+        libs = str(Path(str(importlib.util.find_spec("tvm").origin)).parent / "lib")  # type: ignore[union-attr]
+        args = ("tvm", str(self.library.resolve()), self.device_type, self.threads, libs, inputs, keys)
+        return Factory(RUN_PY, "artifact_timer", args)
 
 
 @BACKENDS.register("tvm")
@@ -606,6 +641,7 @@ class TvmBackend:
             cpu_pipeline = self.kernels and not on_gpu
             pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target)) if cpu_pipeline else "default"
             executable = tvm.compile(module, target=target_obj, relax_pipeline=pipeline)
+            count_calls(executable, self.layers)
             path = out_dir / "model.so"
             executable.export_library(str(path), fcompile=compiler)
             if on_gpu:

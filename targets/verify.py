@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from compressor.errors import VerificationError
+from compressor.checks import describe_input, nonfinite_hint
+from compressor.errors import ModelLoadError, VerificationError
+from compressor.inputs import trial_inputs as _trial_inputs
 from compressor.state import State
 from targets.runtime.check import compare
 
@@ -23,22 +25,9 @@ class Verification:
         return asdict(self)
 
 
-def fresh_inputs(example: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Random inputs shaped like ``example``: normal floats, integers within the example's range."""
-    out = []
-    for t in example:
-        if t.is_floating_point():
-            out.append(torch.randn(t.shape, generator=generator).to(t.dtype))
-        else:
-            low, high = int(t.min()), int(t.max()) + 1
-            out.append(torch.randint(low, high, t.shape, generator=generator, dtype=t.dtype))
-    return tuple(out)
-
-
 def trial_inputs(state: State, trials: int = 3, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
-    """The example inputs, then ``trials`` fresh random ones (the same for the same ``seed``)."""
-    generator = torch.Generator().manual_seed(seed)
-    return [state.example_inputs] + [fresh_inputs(state.example_inputs, generator) for _ in range(trials)]
+    """The example inputs, then ``trials`` fresh random ones (``compressor.inputs``)."""
+    return _trial_inputs(state.module, state.example_inputs, trials, seed)
 
 
 def verify(
@@ -51,13 +40,24 @@ def verify(
 ) -> Verification:
     """Run the example inputs and ``trials`` fresh random inputs through both; raise on mismatch.
 
-    The tolerance is ``atol + rtol * max|reference|`` over each trial's outputs.
+    The tolerance is ``atol + rtol * max|reference|`` over each trial's outputs. A reference
+    output that is not finite is the model's fault (``ModelLoadError``), not the lowering's.
     """
     worst, tolerance = 0.0, atol
-    for inputs in trial_inputs(state, trials, seed):
+    for trial, inputs in enumerate(trial_inputs(state, trials, seed)):
         expected = [t.numpy() for t in state.reference_outputs(inputs)]
+        for index, want in enumerate(expected):
+            if want.dtype.kind == "f" and not np.isfinite(want).all():
+                raise ModelLoadError(
+                    f"the torch model's output {index} is not finite on {describe_input(trial)} "
+                    f"({nonfinite_hint(state.module)}); it cannot be verified: fix the model"
+                )
         error, limit, problem = compare(expected, run([t.numpy() for t in inputs]), atol, rtol)
         if problem:
-            raise VerificationError(f"{problem}; the lowering is wrong, so no latency is reported for it")
+            raise VerificationError(
+                f"{problem} on {describe_input(trial)}; the lowering is wrong: no latency is reported for it"
+            )
         worst, tolerance = max(worst, error), max(tolerance, limit)
+    if not np.isfinite(worst):  # compare() never lets one through; a report must never show it
+        raise VerificationError(f"verification measured a non-finite error ({worst})")
     return Verification(trials + 1, worst, tolerance)

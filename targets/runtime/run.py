@@ -6,7 +6,8 @@ BUNDLE (default: this script's folder) holds ``manifest.json``, the artifact (``
 the TVM runtime, ``model.ort``/``model.onnx`` for ONNX Runtime), ``inputs.npz`` and the torch
 model's outputs for them, ``expected.npz``. The artifact's outputs are compared with those
 (tolerance ``atol + rtol * max|expected|``, as on the host), then timed; with ``--dense`` the
-unpruned model's bundle is verified too and both are timed taking turns. Needs numpy and the
+unpruned model's bundle is verified too and both are timed taking turns, each turn in a worker
+process of its own (``worker.py``: no runtime's threads disturb another's). Needs numpy and the
 artifact's runtime (``apache-tvm`` or ``onnxruntime``), nothing else. Exit 1 when an output
 differs (no latency is reported for a wrong artifact).
 """
@@ -181,18 +182,54 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def artifact_runner(backend: str, artifact: str, device_type: str, threads: int, libs: str | None) -> Run:
+    """A runner for ``artifact``: ONNX Runtime, or the Relax VM (with only ``tvm_ffi`` and the
+    runtime libraries in ``libs`` when given, else through the ``tvm`` package)."""
+    if backend == "tvm" and device_type == "cuda":
+        install_cuda_binaries(Path(artifact).parent)
+    if backend == "tvm" and libs:
+        return tvm_runtime_runner(artifact, device_type, Path(libs))
+    if backend == "tvm":
+        return tvm_runner(artifact, device_type)
+    return ort_runner(ort_session(artifact, threads, PROVIDERS[device_type]))
+
+
+def artifact_timer(
+    backend: str,
+    artifact: str,
+    device_type: str,
+    threads: int,
+    libs: str | None,
+    inputs: str,
+    keys: list[str],
+) -> Callable[[], object]:
+    """One run of ``artifact`` on the arrays ``keys`` of the ``.npz`` file ``inputs``: what
+    ``worker.py`` times (``measure.Factory(run.py, "artifact_timer", ...)``)."""
+    run = artifact_runner(backend, artifact, device_type, threads, libs)
+    with np.load(inputs) as archive:
+        arrays = [archive[key] for key in keys]
+    return lambda: run(arrays)
+
+
 def load(folder: Path, threads: int) -> tuple[dict[str, Any], Run]:
     """The bundle's manifest and a runner for its artifact."""
     manifest = read_manifest(folder)
+    return manifest, artifact_runner(*artifact_args(folder, manifest, threads))
+
+
+def artifact_args(
+    folder: Path, manifest: dict[str, Any], threads: int
+) -> tuple[str, str, str, int, str | None]:
     artifact = str((folder / manifest["artifact"]).resolve())  # dlopen searches bare names
-    device_type = manifest.get("device", "cpu")
-    if manifest["backend"] == "tvm" and device_type == "cuda":
-        install_cuda_binaries(folder)
-    if manifest["backend"] == "tvm" and (folder / "lib").is_dir():
-        return manifest, tvm_runtime_runner(artifact, device_type, folder / "lib")
-    if manifest["backend"] == "tvm":
-        return manifest, tvm_runner(artifact, device_type)
-    return manifest, ort_runner(ort_session(artifact, threads, PROVIDERS[device_type]))
+    libs = str(folder / "lib") if manifest["backend"] == "tvm" and (folder / "lib").is_dir() else None
+    return manifest["backend"], artifact, manifest.get("device", "cpu"), threads, libs
+
+
+def bundle_timer(folder: Path, manifest: dict[str, Any], threads: int) -> measure.Factory:
+    """The bundle's artifact on its example input (trial 0), for a worker process."""
+    keys = [f"t0_{i}" for i in range(len(manifest["inputs"]))]
+    args = (*artifact_args(folder, manifest, threads), str(folder / "inputs.npz"), keys)
+    return measure.Factory(str(Path(__file__).resolve()), "artifact_timer", args)
 
 
 def cases(folder: Path, manifest: dict[str, Any]) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
@@ -233,16 +270,16 @@ def run_bundle(
     }
     if not result["verified"]:
         return result
-    example = cases(folder, manifest)[0][0]
-    samplers = {"model": measure.loop(lambda: run(example))}
+    timers = {"model": bundle_timer(folder, manifest, threads)}
     if dense is not None:
         dense_manifest, dense_run = load(dense, threads)
         checked = verify(dense, dense_manifest, dense_run)
         if not checked["verified"]:
             return {**result, "verified": False, "error": f"the dense bundle: {checked['error']}"}
-        dense_example = cases(dense, dense_manifest)[0][0]
-        samplers["dense"] = measure.loop(lambda: dense_run(dense_example))
-    timed = measure.measure_samplers(samplers, min_seconds=min_seconds)
+        timers["dense"] = bundle_timer(dense, dense_manifest, threads)
+        del dense_run
+    del run  # each model is timed alone, in worker processes of its own
+    timed = measure.measure(timers, min_seconds=min_seconds)
     result["latency_ms"] = timed["model"].to_json()
     if dense is not None:
         result["dense_latency_ms"] = timed["dense"].to_json()

@@ -5,7 +5,9 @@
 It serves TVM modules exactly as ``python -m tvm.exec.rpc_server`` (or the TVM RPC app on a
 phone) does, and registers a few more functions the host calls over the same session:
 ``compressor.device_info`` (machine, runtimes, whether emulated), and ``compressor.ort_load``,
-``compressor.ort_run``, ``compressor.ort_time`` (an ONNX Runtime session on an uploaded file),
+``compressor.ort_run``, ``compressor.ort_time``, ``compressor.ort_free`` (an ONNX Runtime session
+on an uploaded file; freed between timing turns, so that no idle session's threads spin beside
+the model being timed),
 ``compressor.cuda_binaries`` (load uploaded CUDA binaries instead of compiling CUDA C here).
 Needs apache-tvm (the runtime), numpy and, for ONNX models, onnxruntime.
 """
@@ -25,6 +27,7 @@ sys.path.insert(0, HERE)
 
 def register() -> None:
     """Register the extra functions (runs in the server process; sessions inherit them)."""
+    import itertools
     import time
 
     import numpy as np
@@ -32,6 +35,7 @@ def register() -> None:
     import tvm_ffi
 
     sessions: dict[int, tuple[object, object]] = {}
+    handles = itertools.count()
 
     @tvm_ffi.register_global_func("compressor.device_info", override=True)
     def device_info() -> str:
@@ -53,6 +57,8 @@ def register() -> None:
                 "ort_providers": providers,
                 "numpy": np.__version__,
                 "cpus": os.cpu_count(),
+                "cpu": cpu_model(),
+                "gpu": gpu_name(),
                 "emulated": os.environ.get("COMPRESSOR_EMULATED") == "1",
             }
         )
@@ -64,7 +70,7 @@ def register() -> None:
     @tvm_ffi.register_global_func("compressor.ort_load", override=True)
     def ort_load(path: str, threads: int, provider: str) -> int:
         session = run.ort_session(path, threads, provider)
-        handle = len(sessions)
+        handle = next(handles)
         sessions[handle] = (session, run.ort_runner(session))
         return handle
 
@@ -79,6 +85,33 @@ def register() -> None:
         for _ in range(number):
             runner(arrays)
         return (time.perf_counter() - start) / number
+
+    @tvm_ffi.register_global_func("compressor.ort_free", override=True)
+    def ort_free(handle: int) -> None:
+        sessions.pop(handle, None)
+
+
+def cpu_model() -> str:
+    """The processor, as /proc/cpuinfo names it (x86: model name; arm64: implementer and part
+    of each core kind, which tell a phone's big and little cores apart)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keys = ("model name", "Hardware", "CPU implementer", "CPU part")
+    kinds = sorted({line.split(":", 1)[1].strip() for line in lines if line.split(":")[0].strip() in keys})
+    return ", ".join(kinds) or platform.processor()
+
+
+def gpu_name() -> str | None:
+    """The first CUDA GPU's name and compute capability, when TVM sees one."""
+    try:
+        import tvm
+
+        dev = tvm.cuda(0)
+        return f"{dev.device_name} sm_{dev.compute_version.replace('.', '')}" if dev.exist else None
+    except Exception:
+        return None
 
 
 def main() -> None:

@@ -64,9 +64,16 @@ def test_threshold_and_old_masks(weight: torch.Tensor) -> None:
 
 
 def test_global_ranks_across_layers() -> None:
-    small, large = torch.full((4, 4), 0.1), torch.full((4, 4), 10.0)
-    masks = global_masks({"a": small, "b": large}, 0.5, Granularity.parse("unstructured"), {})
+    small, large = torch.rand(4, 4) * 0.1, 10.0 + torch.rand(4, 4)
+    unstructured = Granularity.parse("unstructured")
+    masks = global_masks({"a": small, "b": large}, 0.5, unstructured, {}, cap=1.0)
     assert not masks["a"].any() and masks["b"].all()
+    # With the default cap no layer goes: "a" keeps its largest weight, "b" gives up its smallest.
+    masks = global_masks({"a": small, "b": large}, 0.5, unstructured, {})
+    assert int(masks["a"].sum()) == 1 and bool(masks["a"].flatten()[small.flatten().argmax()])
+    assert int((~masks["b"]).sum()) == 1 and not bool(masks["b"].flatten()[large.flatten().argmin()])
+    rows = global_masks({"a": small, "b": large}, 0.5, Granularity.parse("row"), {})
+    assert int(rows["a"].any(1).sum()) == 1 and int((~rows["b"].all(1)).sum()) == 1  # whole rows
 
 
 @pytest.mark.parametrize("text", ["4:2", "0x4", "diagonal", "2:2"])

@@ -12,11 +12,12 @@ def _weights(state: State) -> dict[str, torch.Tensor]:
 
 
 def test_global_prunes_the_smallest_weights_overall(lenet_state: State) -> None:
-    out = MagnitudePrune(sparsity=0.9).apply(lenet_state, PassContext()).state
+    out = MagnitudePrune(sparsity=0.7).apply(lenet_state, PassContext()).state
     weights = _weights(out)
     total = sum(w.numel() for w in weights.values())
     zeros = sum(int((w == 0).sum()) for w in weights.values())
-    assert zeros == round(0.9 * total)
+    assert zeros == round(0.7 * total)
+    assert max(float((w == 0).float().mean()) for w in weights.values()) < 0.99  # no layer at the cap
     kept_min = min(float(w.detach()[w != 0].abs().min()) for w in weights.values() if w.count_nonzero())
     pruned_max = max(
         float(lenet_state.module.get_parameter(n).detach()[~out.masks[n]].abs().max()) for n in weights
@@ -24,6 +25,22 @@ def test_global_prunes_the_smallest_weights_overall(lenet_state: State) -> None:
     assert pruned_max <= kept_min  # every pruned |w| is below every kept one
     for name, w in weights.items():
         assert torch.equal(w != 0, out.masks[name])
+
+
+def test_global_pruning_caps_each_layer_and_spreads_the_rest() -> None:
+    """A layer of small weights would be pruned whole by one global ranking (the model would
+    return its bias for every input); it stops at 99% and the others take the remainder."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    with torch.no_grad():
+        module[2].weight.mul_(1e-3)  # all below every weight of the first layer
+    state = State(module=module, example_inputs=(torch.randn(1, 64),))
+    out = MagnitudePrune(sparsity=0.9).apply(state, PassContext()).state
+    head, first = out.module[2].weight, out.module[0].weight
+    assert int(head.count_nonzero()) == 2560 - int(0.99 * 2560)  # 26 of 2560 stay: 99%, not 100%
+    assert int((head == 0).sum() + (first == 0).sum()) == round(0.9 * (2560 + 64 * 256))
+    kept = state.module[2].weight.detach().abs()[out.masks["2.weight"]]
+    assert float(kept.min()) >= float(state.module[2].weight.detach().abs()[~out.masks["2.weight"]].max())
 
 
 def test_layer_scope_and_overrides(lenet_state: State) -> None:
