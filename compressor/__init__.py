@@ -18,8 +18,8 @@ from compressor.errors import (
 )
 from compressor.job import Job, run_job
 from compressor.modelio import load_model, save_checkpoint, save_exported
-from compressor.pipeline import Pass, PassContext, PassResult, Pipeline
-from compressor.recipe import format_recipe, load_recipe, parse
+from compressor.pipeline import Pass, PassContext, PassResult, Pipeline, format_recipe
+from compressor.recipe import load_recipe, parse
 from compressor.registry import ARCHITECTURES, BACKENDS, PASSES, TARGETS, Registry
 from compressor.state import PassRecord, State
 

@@ -220,7 +220,7 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
         if not entries and not failures:
             reasons = "; ".join(f"{s['target']}/{s['backend']}: {s['reason']}" for s in skipped)
             raise LoweringError(f"no backend could lower and verify the model ({reasons})")
-        report = build_report(job, original, final, metric_before, pipeline, entries, skipped)
+        report = build_report(job.model, original, final, metric_before, str(pipeline), entries, skipped)
         report["run"] = run_id
         if failures:
             report["error"] = "; ".join(map(str, failures))

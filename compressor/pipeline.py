@@ -7,10 +7,13 @@ nonzeros, sparsity and the task metric after it; instruments observe every pass 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import yaml
 
 from compressor.checks import model_problem
 from compressor.errors import CompressorError, ModelLoadError, PassError
@@ -121,8 +124,6 @@ class Pipeline:
         return self.apply(state, ctx or PassContext()).state
 
     def __str__(self) -> str:
-        from compressor.recipe import format_recipe
-
         return format_recipe(self)
 
 
@@ -137,3 +138,37 @@ def first_check(state: State, seed: int) -> list[bool]:
 def _where(name: str, ran: list[str], verb: str = "failed") -> str:
     before = f" after [{', '.join(ran)}]" if ran else " (first pass)"
     return f"pass {name!r} {verb}{before}"
+
+
+def format_recipe(pipeline: Pipeline, indent: str = "") -> str:
+    """One line per pass, arguments in YAML flow style; nested pipelines indented."""
+    lines = []
+    for p in pipeline.passes:
+        if isinstance(p, Pipeline):
+            lines.append(f"{indent}- {Pipeline.name}:\n{format_recipe(p, indent + '  ')}")
+            continue
+        args = {
+            f.name: _plain(getattr(p, f.name))
+            for f in dataclasses.fields(p)
+            if f.init and getattr(p, f.name) != _default(f)
+        }
+        flow = yaml.safe_dump(args, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
+        lines.append(f"{indent}- {p.name}: {flow}\n" if args else f"{indent}- {p.name}\n")
+    return "".join(lines)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe form of a pass argument (tuples become lists, mappings plain dicts)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -50,23 +50,6 @@ def load_recipe(file_or_text: str) -> Pipeline:
     return parse(file_or_text)
 
 
-def format_recipe(pipeline: Pipeline, indent: str = "") -> str:
-    """One line per pass, arguments in YAML flow style; nested pipelines indented."""
-    lines = []
-    for p in pipeline.passes:
-        if isinstance(p, Pipeline):
-            lines.append(f"{indent}- {Pipeline.name}:\n{format_recipe(p, indent + '  ')}")
-            continue
-        args = {
-            f.name: _plain(getattr(p, f.name))
-            for f in dataclasses.fields(p)
-            if f.init and getattr(p, f.name) != _default(f)
-        }
-        flow = yaml.safe_dump(args, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
-        lines.append(f"{indent}- {p.name}: {flow}\n" if args else f"{indent}- {p.name}\n")
-    return "".join(lines)
-
-
 def _build(entry: Any) -> Pass:
     if isinstance(entry, str):
         name, args = entry, {}
@@ -94,23 +77,6 @@ def _build(entry: Any) -> Pass:
         return cls(**args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad arguments for pass {name!r}: {e}") from None
-
-
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
-def _plain(value: Any) -> Any:
-    """YAML-safe form of a pass argument (tuples become lists, mappings plain dicts)."""
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 PASSES.register(Pipeline.name)(Pipeline)

@@ -14,8 +14,6 @@ from rich.table import Table
 from compressor.state import State, layer_sparsity
 
 if TYPE_CHECKING:
-    from compressor.job import Job
-    from compressor.pipeline import Pipeline
     from targets.base import Compiled
     from targets.runtime.measure import Latency
 
@@ -106,20 +104,20 @@ def choose(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def build_report(
-    job: Job,
+    model: Path,
     original: State,
     final: State,
     metric_before: float | None,
-    pipeline: Pipeline,
+    recipe: str,
     entries: list[dict[str, Any]],
     skipped: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     before, after = original.stats(), final.stats()
     add_comparisons(entries)
     return {
-        "model": str(job.model),
+        "model": str(model),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "recipe": str(pipeline),
+        "recipe": recipe,
         "params_before": before.params,
         "params_after": after.params,
         "nonzero_after": after.nonzeros,

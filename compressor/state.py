@@ -7,13 +7,18 @@ import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from compressor.data import Task
+
+class Task(Protocol):
+    """What a state needs of its task (``compressor.data.Task``: data, loss and metric)."""
+
+    metric: str
+
+    def evaluate(self, module: nn.Module, split: str = "val", batch_size: int = 512) -> float: ...
 
 
 def prunable_weights(module: nn.Module) -> dict[str, nn.Parameter]:
