@@ -1,6 +1,6 @@
 """Sparse weight x dense activations on this CPU: our TIR kernels vs every dense runtime, hot and cold.
 
-    python benchmarks/spmv.py            # all shapes (an hour or more on 2 cores)
+    python benchmarks/spmv.py            # all shapes (one to two hours on 2 cores)
     python benchmarks/spmv.py --quick    # 1024x1024 and 7680x2560 at batch 1
     python benchmarks/spmv.py --shapes 4096x1024 --batches 4 16 --name spmv_batched
 
@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ class Kernels:
     def compile(self, packed: Packed, batch: int) -> Any:
         return self.tvm.compile(self.tvm.IRModule({"main": kernel(packed, batch)}), target=self.target)
 
-    def callable(self, weight: np.ndarray, fmt: Format, x: np.ndarray):
+    def callable(self, weight: np.ndarray, fmt: Format, x: np.ndarray) -> Callable[[], object]:
         packed = pack(weight, fmt)
         fn = self.compile(packed, x.shape[0])["main"]
         y = np.zeros((x.shape[0], weight.shape[0]), np.float32)
@@ -332,11 +333,7 @@ def case(kernels: Kernels, n: int, k: int, sparsity: float, batch: int, rng: np.
     with tempfile.TemporaryDirectory(prefix="spmv-") as folder:
         start = time.perf_counter()
         timers = prepare(Path(folder), kernels, chosen, first, x, copies, sparsity, rng)
-        log.info(
-            "  prepared in %.0f s; timing %d callables in worker processes",
-            time.perf_counter() - start,
-            len(timers),
-        )
+        log.info("  prepared in %.0f s; timing in worker processes", time.perf_counter() - start)
         latency: dict[str, Latency] = measure(timers, min_samples=15, min_seconds=0.6)
     return summary((n, k), sparsity, batch, chosen, copies, smallest, latency)
 
@@ -369,8 +366,9 @@ threads. TVM dense is our dense TIR kernel; it and each of ours are tuned (hot) 
 does: every variant (accumulators, batch blocking, single-threaded for small products) checked
 against numpy and timed in one process, the fastest kept (`variants` in the JSON). Then each
 runtime is timed alone, 3 turns each in a fresh worker process (`targets/runtime/measure.py`),
-so no other runtime's idle thread pool steals the cores; each worker checks every copy's output
-against numpy first. Our kernels run there through `tvm_ffi` and the TVM runtime library only.
+so no other runtime's idle thread pool steals the cores (torch with OMP_WAIT_POLICY=PASSIVE: its
+spinning OpenMP threads made torch CSR 80x slower on 2 cores); each worker checks every copy's
+output against numpy first. Ours run there through `tvm_ffi` and the TVM runtime library only.
 """
 
 
