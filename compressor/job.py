@@ -16,12 +16,13 @@ from typing import Any, Protocol
 
 from compressor.data import load_task
 from compressor.errors import ConfigError, DeviceError, LoweringError, VerificationError
+from compressor.memory import watched
 from compressor.modelio import load_model, parse_input_shapes, save_exported
 from compressor.output import check_output_dir, new_run_id, output_dir
 from compressor.pipeline import Instrument, PassContext, Pipeline, Progress, no_progress
 from compressor.plots import write_plots, write_tables
 from compressor.recipe import load_recipe, parse
-from compressor.report import build_report, peak_rss_bytes, target_entry
+from compressor.report import build_report, target_entry
 
 DEFAULT_SPARSITY = 0.5
 DEFAULT_EPOCHS = 10
@@ -160,7 +161,11 @@ class Built:
 
 def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
     """Run ``job``; write its output folder; return the report. Raises ``CompressorError``."""
-    ui = ui or QuietUI()
+    with watched() as memory:
+        return _run(job, ui or QuietUI(), memory)
+
+
+def _run(job: Job, ui: UI, memory: Any) -> dict[str, Any]:
     run_id = job.run_id or new_run_id()
     # Check every option before any slow step.
     pipeline = job.pipeline()
@@ -210,7 +215,8 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
                         except DeviceError as e:
                             failures.append(e)
                     try:
-                        timed = time_all(job, target, built, ui)
+                        with memory.paused():
+                            timed = time_all(job, target, built, ui)
                     except DeviceError as e:  # what was built and verified is still reported
                         failures.append(e)
                         timed = {}
@@ -224,7 +230,7 @@ def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
         report["run"] = run_id
         if failures:
             report["error"] = "; ".join(map(str, failures))
-        report["peak_rss_bytes"] = peak_rss_bytes()
+        report["peak_rss_bytes"] = memory.peak  # sampled: the peak of this process and its children
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         if job.log is not None and job.log.is_file():
             shutil.copy(job.log, out / "log.txt")

@@ -54,18 +54,6 @@ def target_entry(
     }
 
 
-def peak_rss_bytes() -> int:
-    """The most memory this process held at once, plus the most any one of its finished child
-    processes held (workers, converters: they run one at a time, so the sum bounds the job's
-    total from above)."""
-    import resource
-
-    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss is in KB on Linux
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return int((own + children) * scale)
-
-
 def add_comparisons(entries: list[dict[str, Any]]) -> None:
     """``speedup_vs_best_dense``: the fastest unpruned model of any backend on the same target
     (all timed in the same rotation) over this backend's compressed model."""

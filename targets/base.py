@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -11,7 +11,15 @@ import numpy as np
 
 from compressor.errors import DeviceError, LoweringError
 from compressor.state import State
-from targets.runtime.measure import Factory, Latency, Turner, WorkerError, measure_turns, worker_turner
+from targets.runtime.measure import (
+    Factory,
+    Latency,
+    Turner,
+    WorkerError,
+    measure_turns,
+    run_in_worker,
+    worker_turner,
+)
 from targets.verify import Verification, verify
 
 if TYPE_CHECKING:
@@ -50,6 +58,46 @@ class Runner(Protocol):
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
     def release(self) -> None: ...
+
+
+class LocalRunner:
+    """An artifact that runs on this host. Verification (``run_all``) and timing (``timer``) load
+    it in worker processes (``targets/runtime/worker.py``), so this process never holds it: its
+    memory goes back when the worker exits, and no runtime's threads stay alive here. ``run``
+    loads it here, for the Python API, until ``release``.
+
+    ``backend`` and the rest are ``run.py``'s ``artifact_runner`` arguments: ``libs`` is the
+    folder of the TVM runtime libraries the workers load (no compiler there)."""
+
+    def __init__(
+        self, backend: str, artifact: Path, device_type: str, threads: int, libs: str | None = None
+    ) -> None:
+        self.backend, self.artifact, self.device_type = backend, artifact, device_type
+        self.threads, self.libs = threads, libs
+        self.layers: list[dict[str, object]] = []  # TVM: the kernel chosen per weight
+        self._run: Callable[[Sequence[np.ndarray]], list[np.ndarray]] | None = None
+
+    def _args(self, libs: str | None) -> tuple[str, str, str, int, str | None]:
+        return self.backend, str(self.artifact.resolve()), self.device_type, self.threads, libs
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self._run is None:
+            from targets.runtime.run import artifact_runner
+
+            self._run = artifact_runner(*self._args(None))  # through the full packages here
+        return self._run(inputs)
+
+    def run_all(self, cases: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+        try:
+            return run_in_worker(Factory(RUN_PY, "artifact_runner", self._args(self.libs)), cases)
+        except WorkerError as e:
+            raise LoweringError(f"{self.backend} cannot run {self.artifact.name} ({e})") from None
+
+    def release(self) -> None:
+        self._run = None
+
+    def timer(self, inputs: str, keys: list[str]) -> Factory:
+        return Factory(RUN_PY, "artifact_timer", (*self._args(self.libs), inputs, keys))
 
 
 @dataclass
@@ -95,7 +143,8 @@ class Compiled:
 
     def verify(self, trials: int = 3, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> Verification:
         """Compare with torch on the example inputs and fresh random ones; raise if it differs."""
-        self.verification = verify(self.runner.run, self.state, trials, atol, rtol, seed)
+        run_all = getattr(self.runner, "run_all", None) or (lambda cases: [self.runner.run(c) for c in cases])
+        self.verification = verify(run_all, self.state, trials, atol, rtol, seed)
         return self.verification
 
     def measure(self, min_samples: int = 30, min_seconds: float = 1.0) -> Latency:

@@ -15,19 +15,15 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from compressor.errors import ConfigError, LoweringError
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
-from targets.base import RUN_PY, Runner, Target, Unavailable
+from targets.base import LocalRunner, Runner, Target, Unavailable
 from targets.remote import LOCAL, Device, RemoteOrtRunner
-from targets.runtime.measure import Factory
-from targets.runtime.run import Run, ort_runner, ort_session
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "arm64": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -75,34 +71,12 @@ def convert_to_ort(model: Path) -> Path:
         return Path(shutil.copy(made, model.with_suffix(".ort")))
 
 
-class OrtRunner:
-    """An ONNX Runtime session with a fixed thread count (the one ``run.py`` makes on devices),
-    loaded when first needed."""
+class OrtRunner(LocalRunner):
+    """An ONNX Runtime session on this host with a fixed thread count (the one ``run.py`` makes),
+    with the execution provider of ``device_type``."""
 
-    def __init__(self, path: Path, provider: str, threads: int, device_type: str = "cpu") -> None:
-        self.path, self.provider, self.threads, self.device_type = path, provider, threads, device_type
-        self._run: Run | None = None
-        self._load()  # fail here, at lowering, if ONNX Runtime refuses the model
-
-    def _load(self) -> Run:
-        if self._run is None:
-            try:
-                self._run = ort_runner(ort_session(str(self.path), self.threads, self.provider))
-            except Exception as e:
-                raise LoweringError(
-                    f"ONNX Runtime cannot load {self.path.name}: {str(e).splitlines()[0]}"
-                ) from None
-        return self._run
-
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self._load()(inputs)
-
-    def release(self) -> None:
-        self._run = None
-
-    def timer(self, inputs: str, keys: list[str]) -> Factory:
-        args = ("onnxruntime", str(self.path.resolve()), self.device_type, self.threads, None, inputs, keys)
-        return Factory(RUN_PY, "artifact_timer", args)
+    def __init__(self, path: Path, threads: int, device_type: str = "cpu") -> None:
+        super().__init__("onnxruntime", path, device_type, threads)
 
 
 @BACKENDS.register("onnxruntime")
@@ -133,7 +107,7 @@ class OnnxRuntimeBackend:
             return path, Unavailable(problem)
         if device.session is not None:
             return path, RemoteOrtRunner(device, path, provider)
-        return path, OrtRunner(path, provider, self.threads, target.device_type)
+        return path, OrtRunner(path, self.threads, target.device_type)
 
 
 def cuda_problem(device: Device, provider: str) -> str | None:

@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,11 @@ from compressor.errors import DeviceError, LoweringError
 from compressor.paths import cache_root
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
-from targets.base import RUN_PY, Runner, Target, Unavailable
+from targets.base import LocalRunner, Runner, Target, Unavailable
 from targets.kernels import Format, Packed, block_fill, gpu_kernel, kernel, pack
 from targets.remote import LOCAL, Device, RemoteTvmRunner, load_library
-from targets.runtime.measure import Factory
-from targets.runtime.run import flatten, install_cuda_binaries
+from targets.runtime.run import install_cuda_binaries
+from targets.tvm_library import pack_imports
 
 CACHE_VERSION = 2  # bump when the kernels change: cached timings are of the old ones
 SMALL = 1 << 20  # multiply-adds below which single-threaded kernels are candidates too
@@ -371,8 +371,8 @@ def rewrite_matmuls(
 
     ``choose`` picks the format per (weight, batch); ``build`` makes its TIR function, or None
     to keep the matmul for TVM's own schedule. One kernel is built per (weight, batch); the
-    unrolled steps of a recurrent layer share it. ``names`` maps a weight's bytes to its
-    parameter name, for the report.
+    unrolled steps of a recurrent layer share it. ``names`` maps a weight's ``weight_digest`` to
+    its parameter name, for the report.
     """
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
@@ -395,7 +395,8 @@ def rewrite_matmuls(
         shape = [int(d) for d in x.ty.shape]
         n, k = weight.shape
         batch = int(np.prod(shape[:-1]))
-        key = (hashlib.sha256(weight.tobytes()).digest(), batch)
+        digest = weight_digest(weight)
+        key = (digest, batch)
         if key not in kernels:
             choice = choose(weight, batch)
             packed: Packed = pack(weight, choice.format)
@@ -404,7 +405,7 @@ def rewrite_matmuls(
             func = build(packed, batch)
             gvar = None if func is None else builder.add_func(func.with_attrs(attrs), symbol)
             layer = Layer(
-                name=names.get(weight.tobytes(), f"weight{len(kernels)}"),
+                name=names.get(digest, f"weight{len(kernels)}"),
                 shape=(n, k),
                 batch=batch,
                 sparsity=round(1.0 - np.count_nonzero(weight) / weight.size, 4),
@@ -536,47 +537,24 @@ def export_relax(state: State, fix_indices: bool = True) -> Any:
         return from_exported_program(program, keep_params_as_input=False)
 
 
+def weight_digest(weight: np.ndarray) -> bytes:
+    """A weight's SHA-256, read in place (no copy: a large model's weights are hundreds of MB)."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(weight)).cast("B")).digest()
+
+
 def parameter_names(state: State) -> dict[bytes, str]:
+    """Parameter names by ``weight_digest``: the rewrite sees constants, the report wants names."""
     return {
-        p.detach().cpu().numpy().tobytes(): name
+        weight_digest(p.detach().cpu().numpy()): name
         for name, p in state.module.named_parameters()
         if p.dim() == 2 and p.dtype == torch.float32
     }
 
 
-class TvmRunner:
-    """A Relax VM over a compiled library, loaded when first needed."""
-
-    def __init__(self, library: Path, device_type: str = "cpu") -> None:
-        self.library, self.device_type = library, device_type
-        self.threads = set_threads()
-        self.layers: list[dict[str, Any]] = []  # the kernel chosen per weight, when built here
-        self.vm: Any = None
-        self._load()
-
-    def _load(self) -> Any:
-        if self.vm is None:
-            import tvm
-            from tvm import relax
-
-            self.device = tvm.device(self.device_type, 0)
-            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.library)), self.device)
-        return self.vm
-
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        import tvm
-
-        out = self._load()["main"](*(tvm.runtime.tensor(x, self.device) for x in inputs))
-        return flatten(out)
-
-    def release(self) -> None:
-        self.vm = None
-
-    def timer(self, inputs: str, keys: list[str]) -> Factory:
-        """The library in a worker with only ``tvm_ffi`` and the runtime library (no compiler)."""
-        libs = str(Path(str(importlib.util.find_spec("tvm").origin)).parent / "lib")  # type: ignore[union-attr]
-        args = ("tvm", str(self.library.resolve()), self.device_type, self.threads, libs, inputs, keys)
-        return Factory(RUN_PY, "artifact_timer", args)
+def tvm_runtime_libs() -> str:
+    """The folder of the TVM runtime libraries (``libtvm_runtime.so``) of the installed package:
+    what the worker processes load, with ``tvm_ffi``, instead of the compiler."""
+    return str(Path(str(importlib.util.find_spec("tvm").origin)).parent / "lib")  # type: ignore[union-attr]
 
 
 @BACKENDS.register("tvm")
@@ -643,7 +621,7 @@ class TvmBackend:
             executable = tvm.compile(module, target=target_obj, relax_pipeline=pipeline)
             count_calls(executable, self.layers)
             path = out_dir / "model.so"
-            executable.export_library(str(path), fcompile=compiler)
+            executable.export_library(str(path), fcompile=compiler, fpack_imports=pack_imports)
             if on_gpu:
                 from targets.cuda import compile_binaries, cuda_sources
 
@@ -672,5 +650,5 @@ def load_runner(path: Path, target: Target, device: Device) -> Runner:
         if device.session is None:
             install_cuda_binaries(path.parent)
     if device.session is None:
-        return TvmRunner(path, target.device_type)
+        return LocalRunner("tvm", path, target.device_type, set_threads(), tvm_runtime_libs())
     return RemoteTvmRunner(device, path, target.machine, target.device_type)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -31,20 +31,23 @@ def trial_inputs(state: State, trials: int = 3, seed: int = 0) -> list[tuple[tor
 
 
 def verify(
-    run: Callable[[Sequence[np.ndarray]], list[np.ndarray]],
+    run_all: Callable[[list[list[np.ndarray]]], list[list[np.ndarray]]],
     state: State,
     trials: int = 3,
     atol: float = 1e-4,
     rtol: float = 1e-4,
     seed: int = 0,
 ) -> Verification:
-    """Run the example inputs and ``trials`` fresh random inputs through both; raise on mismatch.
+    """Run the example inputs and ``trials`` fresh random inputs through both (``run_all`` takes
+    every case at once: the artifact may be loaded in a worker process); raise on mismatch.
 
     The tolerance is ``atol + rtol * max|reference|`` over each trial's outputs. A reference
     output that is not finite is the model's fault (``ModelLoadError``), not the lowering's.
     """
     worst, tolerance = 0.0, atol
-    for trial, inputs in enumerate(trial_inputs(state, trials, seed)):
+    cases = trial_inputs(state, trials, seed)
+    references = []
+    for trial, inputs in enumerate(cases):
         expected = [t.numpy() for t in state.reference_outputs(inputs)]
         for index, want in enumerate(expected):
             if want.dtype.kind == "f" and not np.isfinite(want).all():
@@ -52,7 +55,10 @@ def verify(
                     f"the torch model's output {index} is not finite on {describe_input(trial)} "
                     f"({nonfinite_hint(state.module)}); it cannot be verified: fix the model"
                 )
-        error, limit, problem = compare(expected, run([t.numpy() for t in inputs]), atol, rtol)
+        references.append(expected)
+    outputs = run_all([[t.numpy() for t in inputs] for inputs in cases])
+    for trial, (expected, got) in enumerate(zip(references, outputs, strict=True)):
+        error, limit, problem = compare(expected, got, atol, rtol)
         if problem:
             raise VerificationError(
                 f"{problem} on {describe_input(trial)}; the lowering is wrong: no latency is reported for it"

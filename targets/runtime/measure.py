@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -160,7 +159,32 @@ class WorkerError(RuntimeError):
     """The worker process failed; the message is its last line of error."""
 
 
-def worker_turner(factory: Factory, env: Mapping[str, str] | None = None, timeout: float = 600.0) -> Turner:
+def in_worker(request: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+    """Send ``request`` to a fresh ``worker.py`` process; its reply, or ``WorkerError``."""
+    try:
+        done = subprocess.run(
+            [sys.executable, str(WORKER)],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise WorkerError(f"the worker took longer than {timeout:.0f} s") from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        reply = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        reply = {}
+    if done.returncode != 0 or "error" in reply or not reply:
+        detail = reply.get("error") or next(
+            (line for line in reversed(done.stderr.strip().splitlines()) if line.strip()), "no output"
+        )
+        raise WorkerError(f"the worker failed (exit {done.returncode}): {detail}")
+    return reply
+
+
+def worker_turner(factory: Factory, timeout: float = 600.0) -> Turner:
     """Turns taken each in a fresh ``worker.py`` process that makes ``factory``'s callable and
     times it alone."""
 
@@ -171,27 +195,34 @@ def worker_turner(factory: Factory, env: Mapping[str, str] | None = None, timeou
             "min_samples": min_samples,
             "number": number,
         }
-        done = subprocess.run(
-            [sys.executable, str(WORKER)],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            env={**os.environ, **(env or {})},
-            timeout=timeout,
-        )
-        lines = done.stdout.strip().splitlines()
-        try:
-            reply = json.loads(lines[-1]) if lines else {}
-        except ValueError:
-            reply = {}
-        if done.returncode != 0 or "samples" not in reply:
-            detail = reply.get("error") or next(
-                (line for line in reversed(done.stderr.strip().splitlines()) if line.strip()), "no output"
-            )
-            raise WorkerError(f"the timing worker failed (exit {done.returncode}): {detail}")
+        reply = in_worker(request, timeout)
         return Turn(tuple(reply["samples"]), int(reply["number"]))
 
     return take
+
+
+def run_in_worker(
+    factory: Factory, cases: Sequence[Sequence[np.ndarray]], timeout: float = 600.0
+) -> list[list[np.ndarray]]:
+    """The outputs of ``factory``'s runner (inputs -> outputs) on each case, run in a fresh
+    worker process: the artifact is loaded there, not here."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="compressor-run-") as tmp:
+        inputs, outputs = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
+        np.savez(
+            inputs,
+            **{
+                f"t{t}_{i}": np.ascontiguousarray(x)
+                for t, case in enumerate(cases)
+                for i, x in enumerate(case)
+            },
+        )
+        spec = {"inputs": str(inputs), "outputs": str(outputs), "cases": len(cases), "arity": len(cases[0])}
+        in_worker({"factory": asdict(factory), "run": spec}, timeout)
+        with np.load(outputs) as archive:
+            count = len(archive.files) // len(cases)
+            return [[archive[f"t{t}_{o}"] for o in range(count)] for t in range(len(cases))]
 
 
 def measure(

@@ -1,12 +1,16 @@
-"""Take one timing turn of one model in this process, alone (see ``measure.py``).
+"""Run one model in this process, alone: a timing turn (see ``measure.py``), or its outputs.
 
     python3 worker.py < request.json
 
-The request names a factory (a Python file, a function in it and its arguments) whose result is
-the zero-argument callable to time, and the turn's ``seconds``, ``min_samples`` and ``number``
-(runs per sample; null: calibrate). Prints one JSON line: ``{"samples": [...], "number": N}``
-(seconds per run of each sample), or ``{"error": "..."}`` with exit 1. Nothing else runs here:
-no other runtime's threads can slow the one being timed.
+The request names a factory (a Python file, a function in it and its arguments). To *time*, the
+factory returns the zero-argument callable to time and the request gives the turn's
+``seconds``, ``min_samples`` and ``number`` (runs per sample; null: calibrate); the reply is
+``{"samples": [...], "number": N}`` (seconds per run of each sample). To *run*, the factory
+returns a function from a list of input arrays to a list of output arrays, and the request's
+``run`` names an ``.npz`` of cases (``t{case}_{input}``) and the ``.npz`` to write the outputs
+to (``t{case}_{output}``); the reply is ``{"cases": N}``. Errors reply ``{"error": "..."}``
+with exit 1. Nothing else runs here: no other runtime's threads can slow the one being timed,
+and the artifact's memory is the worker's, returned when it exits.
 """
 
 from __future__ import annotations
@@ -39,16 +43,31 @@ def main() -> int:
     if not factory.get("torch"):
         sys.modules["torch"] = None  # type: ignore[assignment]  # tvm_ffi imports torch if it can
     try:
-        fn = load_function(factory["file"], factory["function"])(*factory.get("args", ()))
-        taken = measure.turn(
-            measure.loop(fn), request["seconds"], request["min_samples"], request.get("number")
-        )
+        made = load_function(factory["file"], factory["function"])(*factory.get("args", ()))
+        reply = run_cases(made, request["run"]) if "run" in request else time_turn(made, request)
     except Exception as e:
         lines = str(e).strip().splitlines()
         print(json.dumps({"error": f"{type(e).__name__}: {lines[-1] if lines else ''}"}))
         return 1
-    print(json.dumps({"samples": list(taken.samples), "number": taken.number}))
+    print(json.dumps(reply))
     return 0
+
+
+def time_turn(fn: Any, request: dict[str, Any]) -> dict[str, Any]:
+    taken = measure.turn(measure.loop(fn), request["seconds"], request["min_samples"], request.get("number"))
+    return {"samples": list(taken.samples), "number": taken.number}
+
+
+def run_cases(run: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    with np.load(spec["inputs"]) as archive:
+        cases = [[archive[f"t{t}_{i}"] for i in range(spec["arity"])] for t in range(spec["cases"])]
+    outputs = {}
+    for t, inputs in enumerate(cases):
+        outputs.update({f"t{t}_{o}": np.asarray(y) for o, y in enumerate(run(inputs))})
+    np.savez(spec["outputs"], **outputs)
+    return {"cases": len(cases)}
 
 
 if __name__ == "__main__":

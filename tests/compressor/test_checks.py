@@ -77,20 +77,23 @@ def test_a_model_that_overflows_on_fresh_inputs_is_the_models_fault() -> None:
     with pytest.raises(ModelLoadError, match=r"output 0 is not finite on random input #1"):
         Pipeline([]).run(state)
     with pytest.raises(ModelLoadError, match=r"output 0 is not finite on random input #1.*fix the model"):
-        verify(lambda xs: [np.log(xs[0])], state)
+        verify(lambda cases: [[np.log(xs[0])] for xs in cases], state)
 
 
 def test_an_artifact_returning_nan_fails_verification() -> None:
     state = State(module=mlp(), example_inputs=(torch.randn(1, 8),))
-    assert verify(lambda xs: [state.module(torch.from_numpy(xs[0])).detach().numpy()], state).trials == 4
+
+    def right(xs: list[np.ndarray]) -> list[np.ndarray]:
+        return [state.module(torch.from_numpy(xs[0])).detach().numpy()]
 
     def broken(xs: list[np.ndarray]) -> list[np.ndarray]:
-        out = state.module(torch.from_numpy(xs[0])).detach().numpy().copy()
+        out = right(xs)[0].copy()
         out[0, 1] = np.nan
         return [out]
 
+    assert verify(lambda cases: [right(c) for c in cases], state).trials == 4
     with pytest.raises(VerificationError, match=r"artifact output 0 holds NaN .* on its example input"):
-        verify(broken, state)
+        verify(lambda cases: [broken(c) for c in cases], state)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -40,9 +41,25 @@ def test_corrupted_artifact_fails_verification(lenet_state: State, tmp_path: Pat
     weights[0, :] += 0.5  # one output unit wrong
     tensor.CopyFrom(numpy_helper.from_array(weights, tensor.name))
     onnx.save(model, compiled.artifact)
-    compiled.runner = OrtRunner(compiled.artifact, "CPUExecutionProvider", threads=1)
+    compiled.runner = OrtRunner(compiled.artifact, threads=1)
     with pytest.raises(VerificationError, match="differs from the torch model"):
         compiled.verify()
+
+
+def test_an_artifact_returning_nan_fails_verification(lenet_state: State, tmp_path: Path) -> None:
+    """One NaN in the ONNX file's weights: the artifact returns NaN, torch does not."""
+    compiled = lower(lenet_state, "cpu", "onnxruntime", tmp_path)
+    model = onnx.load(compiled.artifact)
+    tensor = next(t for t in model.graph.initializer if numpy_helper.to_array(t).ndim == 2)
+    weights = numpy_helper.to_array(tensor).copy()
+    weights[3, 7] = np.nan
+    tensor.CopyFrom(numpy_helper.from_array(weights, tensor.name))
+    onnx.save(model, compiled.artifact)
+    with pytest.raises(
+        VerificationError, match="artifact output 0 holds NaN where the torch model's is finite"
+    ):
+        compiled.verify()
+    assert compiled.verification is None  # nothing to report
 
 
 def test_measure_reports_percentiles(lenet_state: State, tmp_path: Path) -> None:
