@@ -75,13 +75,14 @@ def bert(
     intermediate: int = 1024,
     seq: int = 128,
     seed: int = 0,
+    vocab: int = 30522,
 ) -> Built:
     """A BERT-style encoder returning its last hidden state for ``seq`` token ids (batch 1).
     The library's BERT initialisation (normal, std 0.02, with LayerNorm) is well-conditioned."""
     tf = _transformers()
     torch.manual_seed(seed)
     config = tf.BertConfig(
-        vocab_size=30522,
+        vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
