@@ -6,6 +6,7 @@ It knows nothing of a particular pass or target: those register themselves from 
 
 from compressor.data import Task, load_task
 from compressor.errors import (
+    BackendUnavailable,
     CompressorError,
     ConfigError,
     DataError,
@@ -26,6 +27,7 @@ from compressor.state import PassRecord, State
 __all__ = [
     "ARCHITECTURES",
     "BACKENDS",
+    "BackendUnavailable",
     "PASSES",
     "TARGETS",
     "CompressorError",

@@ -42,11 +42,12 @@ class Probe:
         return None
 
     def varying(self) -> list[bool]:
-        """Per output: whether some input changes it."""
+        """Per floating-point output: whether some input changes it. Integer and boolean outputs
+        (class ids, masks) count as not varying: three inputs may map to one class legitimately."""
         first = self.outputs[0]
         result = []
         for index, out in enumerate(first):
-            if not out.numel():
+            if not out.numel() or not out.is_floating_point():
                 result.append(False)
                 continue
             scale = float(out.double().abs().max())
@@ -116,7 +117,7 @@ def _recorder(name: str, into: list[tuple[str, torch.Tensor, torch.Tensor]]):
 
 @dataclass(frozen=True)
 class Problem:
-    """What is wrong with a model's outputs: ``kind`` is ``nonfinite`` or ``collapsed``."""
+    """What is wrong with a model: ``kind`` is ``nonfinite``, ``collapsed`` or ``fails``."""
 
     kind: str
     text: str
@@ -124,6 +125,7 @@ class Problem:
     FIXES = {  # noqa: RUF012  (a constant of the class)
         "nonfinite": "lower the learning rate or clip gradients (clip_grad_norm)",
         "collapsed": "prune less, or give that layer its own sparsity",
+        "fails": "the model must run on inputs shaped like its example",
     }
 
     @property
@@ -135,16 +137,25 @@ def model_problem(
     state: State, before: list[bool] | None, seed: int = 0
 ) -> tuple[Problem | None, list[bool]]:
     """Whether ``state``'s outputs hold NaN or inf, or an output that varied ``before`` no longer
-    depends on the input; and which outputs vary now."""
-    probe = Probe.of(state, seed)
+    depends on the input, or it fails on a fresh input; and which outputs vary now."""
+    try:
+        probe = Probe.of(state, seed)
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        return Problem(
+            "fails", f"the model fails on random inputs ({type(e).__name__}: {lines[0] if lines else ''})"
+        ), []
     bad = probe.nonfinite()
     if bad is not None:
         trial, index = bad
-        text = f"output {index} is not finite on {describe_input(trial)} ({nonfinite_hint(state.module)})"
+        hint = nonfinite_hint(state.module)
+        text = f"the model's output {index} is not finite on {describe_input(trial)} ({hint})"
         return Problem("nonfinite", text), []
     varying = probe.varying()
     lost = [i for i, (was, now) in enumerate(zip(before or [], varying, strict=False)) if was and not now]
     if lost:
-        text = f"output {lost[0]} no longer depends on the input ({collapsed_layer(state, probe)})"
+        text = (
+            f"the model's output {lost[0]} no longer depends on the input ({collapsed_layer(state, probe)})"
+        )
         return Problem("collapsed", text), varying
     return None, varying

@@ -55,9 +55,9 @@ class RichUI:
         self.console = console
 
     @contextlib.contextmanager
-    def step(self, text: str) -> Iterator[None]:
+    def step(self, text: str, live: bool = True) -> Iterator[None]:
         start = time.perf_counter()
-        with self.console.status(text):
+        with self.console.status(text) if live else contextlib.nullcontext():
             yield
         self.console.print(f"[green]✓[/] {text} [dim]({time.perf_counter() - start:.1f}s)[/]")
 

@@ -41,6 +41,12 @@ LOSS_FNS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
+def prediction(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The first output: what the loss and the metric judge (a recurrent model may return its
+    state after it)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 @dataclass(frozen=True)
 class Task:
     """Tensors per split (``x_train``, ``y_train``, ...), a loss name and a metric name."""
@@ -56,8 +62,8 @@ class Task:
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tensors[f"x_{name}"], self.tensors[f"y_{name}"]
 
-    def loss_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return LOSS_FNS[self.loss](out, y)
+    def loss_fn(self, out: torch.Tensor | tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
+        return LOSS_FNS[self.loss](prediction(out), y)
 
     def evaluate(self, module: nn.Module, split: str = "val", batch_size: int = 512) -> float:
         """The metric of ``module`` on ``split`` (accuracy in percent)."""
@@ -74,7 +80,7 @@ class Task:
                         f"x_{split} of shape {tuple(x.shape)} does not fit the model "
                         f"({type(e).__name__}: {str(e).splitlines()[0]}); check --data"
                     ) from None
-                out = out[0] if isinstance(out, (tuple, list)) else out
+                out = prediction(out)
                 if self.metric == "accuracy":
                     correct += int((out.argmax(-1) == yb).sum())
                 else:

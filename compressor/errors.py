@@ -36,3 +36,9 @@ class OutputError(CompressorError):
 class DeviceError(CompressorError):
     """The device behind ``--rpc``/``--tracker``/``--emulate`` is unreachable, failed or is the
     wrong kind; what was built is kept."""
+
+
+class BackendUnavailable(DeviceError):
+    """The device cannot run this backend at all (an ONNX Runtime without the CUDA provider, a
+    TVM RPC server that serves no ONNX Runtime): with ``--backend auto`` that backend is skipped
+    and another shipped; asked for by name, it is a device fault (what was built is kept)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from compressor.data import load_task
-from compressor.errors import ConfigError, DeviceError, LoweringError, VerificationError
+from compressor.errors import BackendUnavailable, ConfigError, DeviceError, LoweringError, VerificationError
 from compressor.memory import watched
 from compressor.modelio import load_model, parse_input_shapes, save_exported
 from compressor.output import check_output_dir, new_run_id, output_dir
@@ -35,7 +35,9 @@ builds every one and fails if any does."""
 class UI(Instrument, Protocol):
     """Progress display: named steps, notes, progress bars for passes, and the instrument hooks."""
 
-    def step(self, text: str) -> contextlib.AbstractContextManager[None]: ...
+    def step(self, text: str, live: bool = True) -> contextlib.AbstractContextManager[None]:
+        """A step of the job; ``live=False``: no animation (nothing redraws while models are timed)."""
+        ...
 
     def note(self, text: str) -> None: ...
 
@@ -46,7 +48,7 @@ class QuietUI:
     progress = staticmethod(no_progress)
 
     @contextlib.contextmanager
-    def step(self, text: str) -> Iterator[None]:
+    def step(self, text: str, live: bool = True) -> Iterator[None]:
         yield
 
     def note(self, text: str) -> None:
@@ -199,6 +201,7 @@ def _run(job: Job, ui: UI, memory: Any) -> dict[str, Any]:
                 write_plots(final.history, out / "plots")
         for target in dict.fromkeys(t for t, _ in pairs):
             backends = [b for t, b in pairs if t == target]
+            faults = len(failures)
             try:
                 with open_device(job, target, ui) as device:
                     built = []
@@ -210,23 +213,36 @@ def _run(job: Job, ui: UI, memory: Any) -> dict[str, Any]:
                         except (LoweringError, VerificationError) as e:
                             if job.strict:
                                 raise
-                            skipped.append({"target": target, "backend": backend, "reason": str(e)})
-                            ui.note(f"{target}/{backend} skipped: {e}")
+                            skip(skipped, target, backend, e, ui)
+                            shutil.rmtree(out / f"{target}-{backend}", ignore_errors=True)  # unverified
+                        except BackendUnavailable as e:
+                            if job.strict:
+                                failures.append(e)
+                            else:  # valid, but nothing here runs it: kept, with its bundle
+                                skip(skipped, target, backend, e, ui, kept=True)
                         except DeviceError as e:
                             failures.append(e)
+                    untimed: dict[str, str] = {}
                     try:
                         with memory.paused():
-                            timed = time_all(job, target, built, ui)
+                            timed = time_all(job, target, built, ui, untimed)
                     except DeviceError as e:  # what was built and verified is still reported
                         failures.append(e)
                         timed = {}
-                    entries += [entry(b, timed, out) for b in built]
+                    if untimed and job.strict:
+                        name, reason = next(iter(untimed.items()))
+                        raise LoweringError(f"{target}/{name} could not be timed: {reason}")
+                    entries += [entry(b, timed, untimed, out) for b in built]
             except DeviceError as e:
                 failures.append(e)
-        if not entries and not failures:
-            reasons = "; ".join(f"{s['target']}/{s['backend']}: {s['reason']}" for s in skipped)
-            raise LoweringError(f"no backend could lower and verify the model ({reasons})")
-        report = build_report(job.model, original, final, metric_before, str(pipeline), entries, skipped)
+            if len(failures) == faults and not any(e["target"] == target for e in entries):
+                reasons = "; ".join(
+                    f"{s['backend']}: {s['reason']}" for s in skipped if s["target"] == target
+                )
+                raise LoweringError(f"no backend could lower and verify the model for {target} ({reasons})")
+        report = build_report(
+            job.model, original, final, metric_before, str(pipeline), entries, skipped, job.measure
+        )
         report["run"] = run_id
         if failures:
             report["error"] = "; ".join(map(str, failures))
@@ -300,9 +316,18 @@ def build(
     return built
 
 
-def time_all(job: Job, target: str, built: list[Built], ui: UI) -> dict[str, Any]:
+def skip(
+    skipped: list[dict[str, Any]], target: str, backend: str, error: Exception, ui: UI, kept: bool = False
+) -> None:
+    """Record a backend ``--backend auto`` leaves out, and say so."""
+    skipped.append({"target": target, "backend": backend, "reason": str(error), "kept": kept})
+    ui.note(f"{target}/{backend} skipped: {error}" + (" (its folder is kept)" if kept else ""))
+
+
+def time_all(job: Job, target: str, built: list[Built], ui: UI, untimed: dict[str, str]) -> dict[str, Any]:
     """Time every artifact of ``target`` in turns, each alone (``targets.measure_compiled``):
-    ``{backend: latency, backend + " dense": latency}``."""
+    ``{backend: latency, backend + " dense": latency}``; one that cannot be timed is left out,
+    its reason in ``untimed``."""
     import targets
 
     if not (job.measure and built):
@@ -310,16 +335,20 @@ def time_all(job: Job, target: str, built: list[Built], ui: UI) -> dict[str, Any
     models = {
         f"{b.backend}{suffix}": c for b in built for suffix, c in (("", b.compiled), (" dense", b.dense))
     }
-    with ui.step(f"{target}: timing {len(models)} models, each alone, in turns"):
-        return targets.measure_compiled(models)
+    with ui.step(f"{target}: timing {len(models)} models, each alone, in turns", live=False):
+        return targets.measure_compiled(models, failed=untimed)
 
 
-def entry(built: Built, timed: dict[str, Any], out: Path) -> dict[str, Any]:
+def entry(built: Built, timed: dict[str, Any], untimed: dict[str, str], out: Path) -> dict[str, Any]:
     """The report entry of one backend's artifacts."""
-    return target_entry(
+    result = target_entry(
         built.compiled,
         out,
         timed.get(built.backend),
         timed.get(f"{built.backend} dense"),
         built.dense.artifact.stat().st_size if built.dense else None,
     )
+    errors = [f"{name}: {why}" for name, why in untimed.items() if name.split(" ")[0] == built.backend]
+    if errors:
+        result["timing_error"] = "; ".join(errors)
+    return result

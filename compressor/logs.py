@@ -10,7 +10,7 @@ names it.
 from __future__ import annotations
 
 import contextlib
-import logging
+import faulthandler
 import os
 import sys
 from collections.abc import Iterator
@@ -26,31 +26,39 @@ def log_path(run_id: str) -> Path:
 
 @contextlib.contextmanager
 def captured(path: Path) -> Iterator[TextIO]:
-    """Send file descriptor 2, ``sys.stderr``, warnings and logging to ``path``; yield a stream
-    to the terminal's stderr for the tool's own lines."""
+    """Send file descriptor 2 (and with it ``sys.stderr``, warnings and logging) to ``path``;
+    yield a stream to the terminal's stderr for the tool's own lines. A crash of native code
+    in between still prints its traceback there (``faulthandler``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     log = path.open("a", buffering=1)
     stderr = sys.stderr
     real = _is_fd2(stderr)
-    if real:
-        stderr.flush()
+    stderr.flush()
     saved = os.dup(2)
-    terminal: TextIO = os.fdopen(os.dup(saved), "w", buffering=1) if real else stderr
+    if real:
+        encoding = getattr(stderr, "encoding", None) or "utf-8"
+        terminal: TextIO = os.fdopen(os.dup(saved), "w", buffering=1, encoding=encoding, errors="replace")
+    else:  # already redirected (pytest's capture): keep writing our lines there
+        terminal = stderr
+        sys.stderr = log  # Python-level output is not on fd 2 here: send it to the log too
     os.dup2(log.fileno(), 2)
-    sys.stderr = log
-    handler = logging.StreamHandler(log)
-    root = logging.getLogger()
-    root.addHandler(handler)
+    faulting = faulthandler.is_enabled()
+    if real:
+        faulthandler.enable(terminal)
     try:
         yield terminal
     finally:
-        root.removeHandler(handler)
+        if real:
+            faulthandler.disable()
+            if faulting:
+                faulthandler.enable(stderr)
+        sys.stderr.flush()
         sys.stderr = stderr
         os.dup2(saved, 2)
         os.close(saved)
-        log.close()
         if terminal is not stderr:
             terminal.close()
+        log.flush()  # left open: a handler a library made meanwhile may still hold it
 
 
 def _is_fd2(stream: TextIO) -> bool:

@@ -131,7 +131,9 @@ def first_check(state: State, seed: int) -> list[bool]:
     """Which outputs vary with the input before any pass; non-finite outputs are the model's own."""
     problem, varying = model_problem(state, None, seed)
     if problem:
-        raise ModelLoadError(f"the model's {problem.text}; fix the model before compressing it")
+        raise ModelLoadError(
+            f"{problem.text}; fix the model before compressing it (verification runs it on such inputs)"
+        )
     return varying
 
 

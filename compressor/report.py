@@ -67,26 +67,27 @@ def add_comparisons(entries: list[dict[str, Any]]) -> None:
             entry["speedup_vs_best_dense"] = round(min(dense) / entry["latency_ms"]["median"], 4)
 
 
-def choose(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per target, the backend to deploy: the fastest verified one, or without timings the
-    target's preferred backend among those that verified (``entries`` are in preference order)."""
+def choose(entries: list[dict[str, Any]], measured: bool = True) -> dict[str, dict[str, Any]]:
+    """Per target, the backend to deploy: the fastest verified and timed one, or, with none
+    timed, the target's preferred backend among those verified (``entries`` are in preference
+    order)."""
     chosen = {}
     for target in dict.fromkeys(e["target"] for e in entries):
         mine = [e for e in entries if e["target"] == target and e["verified"]]
-        if not mine:
-            continue
         timed = [e for e in mine if e["latency_ms"]]
-        if len(timed) == len(mine):
+        if timed:
             best = min(timed, key=lambda e: e["latency_ms"]["median"])
-            others = ", ".join(
-                f"{e['backend']} {e['latency_ms']['median']:.3g} ms" for e in timed if e is not best
-            )
+            others = [f"{e['backend']} {e['latency_ms']['median']:.3g} ms" for e in timed if e is not best]
+            others += [f"{e['backend']} not timed" for e in mine if not e["latency_ms"]]
             why = f"the fastest verified: {best['latency_ms']['median']:.3g} ms" + (
-                f" (vs {others})" if others else " (the only one built)"
+                f" (vs {', '.join(others)})" if others else " (the only one built)"
             )
-        else:
+        elif mine:
             best = mine[0]
-            why = "not timed (--no-measure): the target's preferred backend among those verified"
+            cause = "--no-measure" if not measured else "none could be timed: see timing_error"
+            why = f"not timed ({cause}): the target's preferred backend among those verified"
+        else:
+            continue
         chosen[target] = {"backend": best["backend"], "artifact": best["artifact"], "why": why}
     return chosen
 
@@ -98,7 +99,8 @@ def build_report(
     metric_before: float | None,
     recipe: str,
     entries: list[dict[str, Any]],
-    skipped: list[dict[str, str]] | None = None,
+    skipped: list[dict[str, Any]] | None = None,
+    measured: bool = True,
 ) -> dict[str, Any]:
     before, after = original.stats(), final.stats()
     add_comparisons(entries)
@@ -117,7 +119,7 @@ def build_report(
         "layer_sparsity": layer_sparsity(final.module),
         "passes": [r.to_json() for r in final.history],
         "targets": entries,
-        "chosen": choose(entries),
+        "chosen": choose(entries, measured),
         "skipped": skipped or [],
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": {p: _version(p) for p in ("compressor", "torch", "onnxruntime", "onnx", "apache-tvm")},

@@ -3,12 +3,13 @@
     python -m models.train_lm --arch char-lstm --out models/zoo      # 1-3 minutes on 2 cores
     python -m models.train_lm --arch char-gru --hidden 1024 --steps 20000 --train-bytes 20000000
     python -m models.train_lm --arch lstm-lm --hidden 1536 --steps 2500 --train-bytes 5000000 \
-        --lr 2e-3 --store float16 --data-bytes 40000 --data-seq-len 32   # about an hour on 2 cores
+        --lr 2e-3 --store float16 --data-train-bytes 300000 --data-bytes 12000 --data-seq-len 32
+        # two hours on 2 cores; --data-only writes only the data file
 
 Writes ``ARCH.pt`` (checkpoint, ``char-lstm`` -> ``char_lstm.pt``) and a data file for
 ``compress --data`` (next-character ids: perplexity is the metric): ``stdlib_chars.npz``, the
-data it trained on, or for ``lstm-lm`` ``lstm_lm_data.npz``, a few tens of KB of each split for
-brief retraining. ``--store float16`` halves the checkpoint (the weights load back as float32).
+data it trained on, or for ``lstm-lm`` ``lstm_lm_data.npz``, less of it for brief retraining
+(``--data-train-bytes``, ``--data-bytes`` for validation and test). ``--store float16`` halves the checkpoint (the weights load back as float32).
 ``lstm-lm`` carries its state: its example input is the token after the first validation
 window and the state the trained model reached reading that window.
 """
@@ -136,16 +137,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--store", choices=sorted(STORE_DTYPES), default="float32")
     parser.add_argument("--data-bytes", type=int, help="write only this much of each split (default: all)")
+    parser.add_argument("--data-train-bytes", type=int, help="of the training split (default: --data-bytes)")
     parser.add_argument("--data-seq-len", type=int, help="window length of the data written")
+    parser.add_argument("--data-only", action="store_true", help="write the data file, train nothing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    data_limits = dict.fromkeys(("train", "val", "test"), args.data_bytes or args.eval_bytes)
+    data_limits["train"] = args.data_train_bytes or data_limits["train"]
+    if args.data_only:
+        name = STATEFUL_DATA_FILE if args.arch == "lstm-lm" else DATA_FILE
+        np.savez_compressed(args.out / name, **char_splits(args.data_seq_len or args.seq_len, data_limits))
+        print(f"wrote {args.out / name}")
+        return
     data = char_splits(
         args.seq_len, {"train": args.train_bytes, "val": args.eval_bytes, "test": args.eval_bytes}
     )
     saved = None
-    if args.data_bytes:
-        limits = dict.fromkeys(("train", "val", "test"), args.data_bytes)
-        saved = char_splits(args.data_seq_len or args.seq_len, limits)
+    if args.data_bytes or args.data_train_bytes:
+        saved = char_splits(args.data_seq_len or args.seq_len, data_limits)
     config = {"vocab": VOCAB, "embed": args.embed, "hidden": args.hidden, "layers": args.layers}
     start = time.perf_counter()
     module, perplexity = write_lm(

@@ -100,11 +100,16 @@ class Granularity:
     def prune_below(
         self, weight: torch.Tensor, threshold: float, old: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Mask removing every group scoring below ``threshold`` (N:M: at most M - N per run)."""
+        """Mask removing every group scoring below ``threshold`` (N:M: at most M - N per run), but
+        never more than ``MAX_LAYER_SPARSITY`` of the layer: past it, its highest groups stay."""
         if self.kind == "nm":
             return self._nm(weight, old, threshold=threshold)
         keep = self.expand(self.masked_scores(weight, old) >= threshold, weight.shape)
-        return keep if old is None else keep & old
+        keep = keep if old is None else keep & old
+        if keep.numel() - int(keep.count_nonzero()) > MAX_LAYER_SPARSITY * keep.numel():
+            old_masks = {"w": old} if old is not None else {}
+            return global_masks({"w": weight}, MAX_LAYER_SPARSITY, self, old_masks)["w"]
+        return keep
 
     def _nm(
         self,
@@ -230,7 +235,7 @@ def _scores(weight: torch.Tensor, old: torch.Tensor | None) -> Callable[[], torc
     """|w|, with -1 where ``old`` has pruned already (those go first), computed when called."""
 
     def score() -> torch.Tensor:
-        values = weight.detach().abs()
+        values = weight.detach().abs().float()  # float32 whatever the weight's dtype (numpy has no bf16)
         return values if old is None else values.masked_fill_(~old, -1.0)
 
     return score

@@ -16,7 +16,7 @@ from compressor.pipeline import PassContext, PassResult
 from compressor.registry import PASSES
 from compressor.state import State, apply_masks, layer_sparsity
 from passes.common import check_selection, check_sparsity, matching, select_weights
-from passes.granularity import Granularity, global_masks
+from passes.granularity import MAX_LAYER_SPARSITY, Granularity, global_masks
 
 SCOPES = ("global", "layer")
 
@@ -66,4 +66,8 @@ class MagnitudePrune:
             masks.update(global_masks(pooled, self.sparsity, granularity, state.masks))
         apply_masks(state.module, masks)
         changed = {fqn: s for fqn, s in layer_sparsity(state.module).items() if fqn in weights}
-        return PassResult(state.replace(masks=masks), {"layer_sparsity": changed})
+        changes: dict[str, object] = {"layer_sparsity": changed}
+        capped = sorted(fqn for fqn in pooled if changed[fqn] >= MAX_LAYER_SPARSITY - 1e-3)
+        if capped:  # the rest of their share went to the other layers
+            changes["capped"] = {"at": MAX_LAYER_SPARSITY, "layers": capped}
+        return PassResult(state.replace(masks=masks), changes)

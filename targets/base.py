@@ -102,20 +102,22 @@ class LocalRunner:
 
 @dataclass
 class Unavailable:
-    """A built artifact with nothing here to run it on: running it raises ``DeviceError``
-    naming the fix (the job then keeps the artifact and its bundle)."""
+    """A built artifact with nothing here to run it on: running it raises ``error`` (a
+    ``DeviceError``: no GPU here; ``BackendUnavailable``: no runtime for it on the device)
+    naming the fix; the job then keeps the artifact and its bundle."""
 
     reason: str
     threads: int = 0
+    error: type[DeviceError] = DeviceError
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        raise DeviceError(self.reason)
+        raise self.error(self.reason)
 
     def release(self) -> None:
         pass
 
     def turner(self, inputs: Sequence[np.ndarray]) -> Turner:
-        raise DeviceError(self.reason)
+        raise self.error(self.reason)
 
 
 class Backend(Protocol):
@@ -169,10 +171,16 @@ class Compiled:
 
 
 def measure_compiled(
-    models: dict[str, Compiled], turns: int = 3, min_samples: int = 30, min_seconds: float = 1.0
+    models: dict[str, Compiled],
+    turns: int = 3,
+    min_samples: int = 30,
+    min_seconds: float = 1.0,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, Latency]:
     """Time each model alone, taking turns (each turn here runs in a fresh worker process that
-    holds only that model); every model's runtime session in this process is released first."""
+    holds only that model); every model's runtime session in this process is released first.
+    A model that cannot be timed raises ``LoweringError`` naming it, or with ``failed`` given
+    drops out with its reason there (``measure_turns``)."""
     import tempfile
 
     for compiled in models.values():
@@ -180,6 +188,6 @@ def measure_compiled(
     with tempfile.TemporaryDirectory(prefix="compressor-timing-") as scratch:
         turners = {name: c.turner(Path(scratch)) for name, c in models.items()}
         try:
-            return measure_turns(turners, turns, min_samples, min_seconds)
+            return measure_turns(turners, turns, min_samples, min_seconds, failed)
         except WorkerError as e:
-            raise LoweringError(f"timing {', '.join(models)} failed: {e}") from None
+            raise LoweringError(str(e)) from None

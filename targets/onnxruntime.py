@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from compressor.errors import ConfigError, LoweringError
+from compressor.errors import BackendUnavailable, ConfigError, LoweringError
 from compressor.registry import BACKENDS
 from compressor.state import State, set_eval
 from targets.base import LocalRunner, Runner, Target, Unavailable
@@ -102,21 +102,22 @@ class OnnxRuntimeBackend:
                 import onnxruntime  # noqa: F401
             except ImportError:
                 raise LoweringError("onnxruntime is not installed; pip install onnxruntime") from None
-        problem = cuda_problem(device, provider) if target.device_type == "cuda" else None
-        if problem:
-            return path, Unavailable(problem)
+        if target.device_type == "cuda":
+            from targets.cuda import gpu, no_gpu
+
+            if gpu(device) is None:
+                return path, Unavailable(no_gpu(device, "onnxruntime"))
+            problem = provider_problem(device, provider)
+            if problem:
+                return path, Unavailable(problem, error=BackendUnavailable)
         if device.session is not None:
             return path, RemoteOrtRunner(device, path, provider)
         return path, OrtRunner(path, self.threads, target.device_type)
 
 
-def cuda_problem(device: Device, provider: str) -> str | None:
-    """Why the ONNX model cannot be verified on ``device`` (here or over RPC): no GPU, or an ONNX
-    Runtime without ``provider`` (the bundle's server says which it has); else None."""
-    from targets.cuda import gpu, no_gpu
-
-    if gpu(device) is None:
-        return no_gpu(device, "onnxruntime")
+def provider_problem(device: Device, provider: str) -> str | None:
+    """Why ONNX Runtime on ``device`` (here or over RPC) cannot run the model: it has no
+    ``provider`` (the bundle's server says which it has); else None."""
     if device.session is None:
         import onnxruntime
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.errors import ConfigError, DeviceError
+from compressor.errors import BackendUnavailable, ConfigError, DeviceError
 from targets.runtime.measure import Turn, Turner, turn
 from targets.runtime.run import flatten, npz_arrays, npz_bytes
 
@@ -240,7 +240,7 @@ class RemoteOrtRunner:
         try:
             device.session.get_function("compressor.ort_load")
         except Exception:
-            raise DeviceError(
+            raise BackendUnavailable(
                 f"{device.name} serves TVM modules only, not ONNX Runtime; run the server of "
                 "the bundle there (python3 server.py) or the bundle's run.py, or use --backend tvm"
             ) from None

@@ -401,7 +401,9 @@ def rewrite_matmuls(
             choice = choose(weight, batch)
             packed: Packed = pack(weight, choice.format)
             symbol = f"{choice.format.name.replace('-', '_')}_{len(kernels)}"
-            attrs = {"global_symbol": symbol, "tirx.is_scheduled": True}  # dlight leaves it alone
+            # dlight leaves it alone; opaque: never fused into another function (it keeps its name,
+            # which ``count_calls`` looks for in the bytecode)
+            attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
             func = build(packed, batch)
             gvar = None if func is None else builder.add_func(func.with_attrs(attrs), symbol)
             layer = Layer(
@@ -538,8 +540,11 @@ def export_relax(state: State, fix_indices: bool = True) -> Any:
 
 
 def weight_digest(weight: np.ndarray) -> bytes:
-    """A weight's SHA-256, read in place (no copy: a large model's weights are hundreds of MB)."""
-    return hashlib.sha256(memoryview(np.ascontiguousarray(weight)).cast("B")).digest()
+    """A weight's SHA-256 with its shape and dtype, read in place (no copy: a large model's
+    weights are hundreds of MB)."""
+    h = hashlib.sha256(f"{weight.dtype}{weight.shape}".encode())
+    h.update(memoryview(np.ascontiguousarray(weight)).cast("B"))
+    return h.digest()
 
 
 def parameter_names(state: State) -> dict[bytes, str]:

@@ -14,8 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-LIBRARY_SYMBOL = "__tvm_ffi__library_bin"
-"""Where the TVM runtime finds a library's packed modules (``ModulePackImportsToC`` names it)."""
+
+def library_symbol() -> str:
+    """Where the TVM runtime finds a library's packed modules (``__tvm_ffi__library_bin``)."""
+    import tvm_ffi
+
+    return str(tvm_ffi.get_global_func("runtime.ModuleImportsBlobName")())
+
 
 ASSEMBLY = """\
     .section .rodata
@@ -42,5 +47,5 @@ def pack_imports(module: Any, is_system_lib: bool, prefix: str, workspace: str) 
     np.from_dlpack(blob).tofile(path)  # a view of TVM's buffer: no copy here
     del blob
     source = Path(workspace) / f"{prefix}devc.S"
-    source.write_text(ASSEMBLY.format(symbol=f"{prefix}{LIBRARY_SYMBOL}", blob=path))
+    source.write_text(ASSEMBLY.format(symbol=f"{prefix}{library_symbol()}", blob=path))
     return str(source)

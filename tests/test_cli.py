@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from compressor.cli import main
+from compressor.errors import LoweringError
 
 REPORT_KEYS = {
     "params_before",
@@ -151,8 +152,39 @@ def test_all_backends_report_kernels_and_the_best_dense_model(
     # 8 steps, the first from the zero initial state, which TVM folds away: 7 calls run.
     assert hh["calls"] == 7 and hh["shape"] == [512, 128] and hh["format"] in hh["times_ms"]
     assert len(hh["times_ms"]) > 5  # every candidate was timed
-    for entry in (ort, tvm):  # against the faster unpruned model of the two, not its own
-        assert entry["speedup_vs_best_dense"] <= entry["speedup"]
+
+
+def test_auto_skips_a_backend_that_cannot_lower_and_ships_another(
+    zoo: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """With --backend auto a backend that fails is left out with its reason, its folder removed;
+    asked for by name (or with all), the failure fails the run."""
+    import targets.tvm
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise LoweringError("TVM lowering failed (the test broke it)")
+
+    monkeypatch.setattr(targets.tvm.TvmBackend, "build", broken)
+    args = (str(zoo / "lenet300.pt"), "--sparsity", "0.5", "--no-measure")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "auto"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "auto" / "report.json").read_text())
+    assert [e["backend"] for e in report["targets"]] == ["onnxruntime"]
+    assert report["skipped"] == [
+        {
+            "target": "cpu",
+            "backend": "tvm",
+            "reason": "TVM lowering failed (the test broke it)",
+            "kept": False,
+        }
+    ]
+    assert report["chosen"]["cpu"]["backend"] == "onnxruntime"
+    assert not (tmp_path / "auto" / "cpu-tvm").exists()
+    for strict in ("all", "tvm"):
+        code, _, err = run_cli(
+            monkeypatch, capsys, *args, "--backend", strict, "--out", str(tmp_path / strict)
+        )
+        assert code == 1 and "TVM lowering failed" in err and not (tmp_path / strict).exists()
 
 
 def test_recipe_and_default_output_folder(zoo: Path, tmp_path: Path, monkeypatch, capsys) -> None:

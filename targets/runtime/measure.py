@@ -111,17 +111,31 @@ def turn(
 
 
 def measure_turns(
-    turners: Mapping[str, Turner], turns: int = TURNS, min_samples: int = 30, min_seconds: float = 1.0
+    turners: Mapping[str, Turner],
+    turns: int = TURNS,
+    min_samples: int = 30,
+    min_seconds: float = 1.0,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, Latency]:
     """Each model takes ``turns`` turns, in rotation; together its turns hold at least
-    ``min_samples`` samples and ``min_seconds`` of timed runs."""
+    ``min_samples`` samples and ``min_seconds`` of timed runs.
+
+    With ``failed`` given, a model whose turn raises ``WorkerError`` drops out of the rotation
+    with the reason recorded there and the others go on; without it the error propagates."""
     per_turn = (min_seconds / turns, math.ceil(min_samples / turns))
     taken: dict[str, list[Turn]] = {name: [] for name in turners}
     for _ in range(turns):
         for name, take in turners.items():
+            if failed is not None and name in failed:
+                continue
             number = taken[name][0].number if taken[name] else None
-            taken[name].append(take(*per_turn, number))
-    return {name: summarize(t) for name, t in taken.items()}
+            try:
+                taken[name].append(take(*per_turn, number))
+            except WorkerError as e:
+                if failed is None:
+                    raise WorkerError(f"timing {name}: {e}") from None
+                failed[name] = str(e)
+    return {name: summarize(t) for name, t in taken.items() if not (failed and name in failed)}
 
 
 def summarize(turns: Sequence[Turn]) -> Latency:

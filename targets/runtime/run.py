@@ -101,9 +101,13 @@ def tvm_runtime_runner(path: str, device_type: str, libs: Path) -> Run:
     vm["vm_initialization"](*setup)
     main = vm["main"]
 
-    def to_device(x: np.ndarray) -> Any:
+    inputs: dict[int, Any] = {}  # a device tensor per input position, reused while its shape holds
+
+    def to_device(position: int, x: np.ndarray) -> Any:
         x = np.ascontiguousarray(x)
-        tensor = alloc(list(x.shape), str(x.dtype), device, None)
+        tensor = inputs.get(position)
+        if tensor is None or list(tensor.shape) != list(x.shape) or str(tensor.dtype) != str(x.dtype):
+            tensor = inputs[position] = alloc(list(x.shape), str(x.dtype), device, None)
         copy(tvm_ffi.from_dlpack(x), tensor)
         return tensor
 
@@ -112,10 +116,10 @@ def tvm_runtime_runner(path: str, device_type: str, libs: Path) -> Run:
             return [a for v in value for a in to_host(v)]
         out = alloc(list(value.shape), str(value.dtype), host, None)
         copy(value, out)
-        return [np.from_dlpack(out).copy()]
+        return [np.from_dlpack(out).copy()]  # owned: an output may alias an input tensor reused next call
 
-    def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return to_host(main(*(to_device(x) for x in inputs)))
+    def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return to_host(main(*(to_device(i, x) for i, x in enumerate(arrays))))
 
     return run
 

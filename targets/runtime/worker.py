@@ -46,8 +46,8 @@ def main() -> int:
         made = load_function(factory["file"], factory["function"])(*factory.get("args", ()))
         reply = run_cases(made, request["run"]) if "run" in request else time_turn(made, request)
     except Exception as e:
-        lines = str(e).strip().splitlines()
-        print(json.dumps({"error": f"{type(e).__name__}: {lines[-1] if lines else ''}"}))
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        print(json.dumps({"error": f"{type(e).__name__}: {' / '.join(lines)[:500]}"}))
         return 1
     print(json.dumps(reply))
     return 0

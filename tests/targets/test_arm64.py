@@ -257,7 +257,7 @@ class KillAt(QuietUI):
         self.emulator, self.when = emulator, when
 
     @contextlib.contextmanager
-    def step(self, text: str) -> Iterator[None]:
+    def step(self, text: str, live: bool = True) -> Iterator[None]:
         if self.when in text:
             self.emulator.stop()
         yield
