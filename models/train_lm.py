@@ -9,9 +9,10 @@
 Writes ``ARCH.pt`` (checkpoint, ``char-lstm`` -> ``char_lstm.pt``) and a data file for
 ``compress --data`` (next-character ids: perplexity is the metric): ``stdlib_chars.npz``, the
 data it trained on, or for ``lstm-lm`` ``lstm_lm_data.npz``, less of it for brief retraining
-(``--data-train-bytes``, ``--data-bytes`` for validation and test). ``--store float16`` halves the checkpoint (the weights load back as float32).
-``lstm-lm`` carries its state: its example input is the token after the first validation
-window and the state the trained model reached reading that window.
+(``--data-train-bytes``, ``--data-bytes`` for validation and test). ``--store float16`` halves
+the checkpoint (the weights load back as float32). ``lstm-lm`` carries its state: its example
+input is the token after the first validation window and the state the trained model reached
+reading that window.
 """
 
 from __future__ import annotations
