@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor import State
+from compressor import State, Task
 from models.train import write_all
 from models.zoo import LeNet300, LSTMClassifier
 
@@ -34,6 +34,18 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         accuracy = write_all(name, out)
         assert accuracy > 90.0, f"{name} trained to only {accuracy:.1f}% on digits"
     return out
+
+
+@pytest.fixture
+def tiny_task() -> Task:
+    """A learnable toy task: 4 classes given by a random linear teacher."""
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(64, 4, generator=g)
+    tensors = {}
+    for split, n in (("train", 512), ("val", 128)):
+        x = torch.randn(n, 64, generator=g)
+        tensors[f"x_{split}"], tensors[f"y_{split}"] = x, (x @ teacher).argmax(1)
+    return Task(tensors, "cross-entropy", "accuracy")
 
 
 @pytest.fixture

@@ -131,3 +131,14 @@ def test_token_inputs_cover_the_vocabulary_and_states_are_random() -> None:
     assert int(ids.min()) >= 0 and int(ids.max()) <= 49 and len(ids.unique()) > 40  # not just token 0
     assert all(bool(t[1].abs().sum() > 0) for t in trials[1:])  # the state is not left at zero
     assert all(bool((t[2] == 1).all()) for t in trials)  # a mask keeps its values
+
+
+def test_a_retraining_that_diverges_is_named(tiny_task) -> None:
+    """SGD at an absurd learning rate: the weights blow up to inf and the outputs to NaN."""
+    from passes import Retrain
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    state = State(module=module, example_inputs=(torch.randn(1, 64),), task=tiny_task)
+    with pytest.raises(PassError, match=r"pass 'retrain' broke the model .*not finite.*holds (NaN|inf)"):
+        Pipeline([Retrain(steps=20, lr=1e12, optimizer="sgd", keep_best=False)]).run(state)
