@@ -80,6 +80,13 @@ class RichUI:
             self.console.print(f"[yellow]! pass {name} left the model unchanged: {refused}[/]")
         if removed := record.changes.get("removed"):
             self.console.print(f"  removed units: {', '.join(f'{k}: {v}' for k, v in removed.items())}")
+        if capped := record.changes.get("capped"):
+            layers = capped["layers"]
+            shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+            self.console.print(
+                f"  capped at {capped['at']:.0%} (the rest of their share went to other layers): {shown}",
+                highlight=False,
+            )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -204,6 +204,27 @@ def test_recipe_and_default_output_folder(zoo: Path, tmp_path: Path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m-compressed", "m.pt2"]
 
 
+def test_a_layer_global_pruning_would_empty_is_capped_and_named(
+    zoo: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """fc3's weights scaled down 1000x: one global ranking at 90% would zero all of them."""
+    from compressor import load_model, save_checkpoint
+
+    state = load_model(zoo / "lenet300.pt")
+    with torch.no_grad():
+        state.module.fc3.weight.mul_(1e-3)
+    model = tmp_path / "small_fc3.pt"
+    save_checkpoint(model, "lenet-300-100", {}, state.module, state.example_inputs)
+    out = tmp_path / "out"
+    args = (str(model), "--sparsity", "0.9", "--backend", "onnxruntime", "--no-measure", "--out", str(out))
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert re.search(r"capped at 99% \(the rest of their share went to other layers\): fc3\.weight", err), err
+    report = json.loads((out / "report.json").read_text())
+    assert 0.98 <= report["layer_sparsity"]["fc3.weight"] <= 0.99
+    assert report["sparsity"] > 0.85  # fc3's share went to fc1 and fc2
+
+
 class Payload:
     def __reduce__(self):
         return (os.system, (f"touch {os.environ['PAYLOAD_MARKER']}",))
