@@ -38,8 +38,8 @@ import torch
 
 from benchmarks.common import write
 from models.real import MODELS, export
-from targets.runtime import run as run_py
-from targets.runtime.measure import TURNS, Factory, worker_turner
+from targets.base import LocalRunner
+from targets.runtime.measure import TURNS, worker_turner
 from targets.tvm import set_threads, tvm_runtime_libs
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
@@ -109,10 +109,9 @@ def compress_turn(backend: str, artifact: Path, inputs: Path, arity: int) -> flo
     """One turn of the timer ``compress`` uses (a fresh ``worker.py``, the same runner and the
     same samples per turn as one of its three turns); its median in ms."""
     libs = tvm_runtime_libs() if backend == "tvm" else None
-    keys = [f"arr_{i}" for i in range(arity)]
-    args = (backend, str(artifact), "cpu", set_threads(), libs, str(inputs), keys)
-    factory = Factory(run_py.__file__, "artifact_timer", args)
-    taken = worker_turner(factory)(1.0 / TURNS, math.ceil(30 / TURNS), None)
+    runner = LocalRunner(backend, artifact, "cpu", set_threads(), libs)
+    timer = runner.timer(str(inputs), [f"arr_{i}" for i in range(arity)])
+    taken = worker_turner(timer)(1.0 / TURNS, math.ceil(30 / TURNS), None)
     return float(np.median(taken.samples)) * 1e3
 
 
