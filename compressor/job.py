@@ -346,7 +346,7 @@ def entry(built: Built, timed: dict[str, Any], untimed: dict[str, str], out: Pat
         out,
         timed.get(built.backend),
         timed.get(f"{built.backend} dense"),
-        built.dense.artifact.stat().st_size if built.dense else None,
+        built.dense.nbytes if built.dense else None,
     )
     errors = [f"{name}: {why}" for name, why in untimed.items() if name.split(" ")[0] == built.backend]
     if errors:

@@ -37,7 +37,7 @@ def target_entry(
         "target": compiled.target.name,
         "backend": compiled.backend,
         "artifact": str(compiled.artifact.relative_to(out)),
-        "artifact_bytes": compiled.artifact.stat().st_size,
+        "artifact_bytes": compiled.nbytes,
         "dense_artifact_bytes": dense_bytes,
         "verified": True,
         "max_abs_error": compiled.verification.max_abs_error,

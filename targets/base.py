@@ -20,6 +20,7 @@ from targets.runtime.measure import (
     run_in_worker,
     worker_turner,
 )
+from targets.runtime.run import PARAMS
 from targets.verify import Verification, verify
 
 if TYPE_CHECKING:
@@ -142,6 +143,11 @@ class Compiled:
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.runner.run(inputs)
+
+    @property
+    def nbytes(self) -> int:
+        """The artifact's size on disk, with its weights file where it has one (TVM)."""
+        return sum(p.stat().st_size for p in (self.artifact, self.artifact.with_name(PARAMS)) if p.is_file())
 
     def verify(self, trials: int = 3, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> Verification:
         """Compare with torch on the example inputs and fresh random ones; raise if it differs."""

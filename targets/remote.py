@@ -23,7 +23,7 @@ import numpy as np
 
 from compressor.errors import BackendUnavailable, ConfigError, DeviceError
 from targets.runtime.measure import Turn, Turner, turn
-from targets.runtime.run import flatten, npz_arrays, npz_bytes
+from targets.runtime.run import flatten, npz_arrays, npz_bytes, read_params
 
 CONNECT_SECONDS = 10.0
 
@@ -183,6 +183,7 @@ class RemoteTvmRunner:
     """A Relax VM on the device; inputs go up, outputs come back, timing uses the device's clock."""
 
     def __init__(self, device: Device, library: Path, machine: str, device_type: str = "cpu") -> None:
+        import tvm
         from tvm import relax
 
         self.device = device
@@ -192,11 +193,14 @@ class RemoteTvmRunner:
         with device.errors("starting the Relax VM"):
             self.dev = getattr(device.session, device_type)(0)
             self.vm = relax.VirtualMachine(lib, self.dev)
+        with device.errors("sending the weights"):
+            self.params = [tvm.runtime.tensor(p, self.dev) for p in read_params(library)]
 
     def _set(self, inputs: Sequence[np.ndarray]) -> None:
         import tvm
 
-        self.vm.set_input("main", *(tvm.runtime.tensor(np.ascontiguousarray(x), self.dev) for x in inputs))
+        arrays = (tvm.runtime.tensor(np.ascontiguousarray(x), self.dev) for x in inputs)
+        self.vm.set_input("main", *arrays, *self.params)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         with self.device.errors("running the model"):

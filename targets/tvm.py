@@ -1,4 +1,5 @@
-"""The TVM backend: ``torch.export`` -> Relax -> our matmul kernels -> LLVM -> ``model.so``.
+"""The TVM backend: ``torch.export`` -> Relax -> our matmul kernels -> LLVM -> ``model.so`` and
+its weights, ``params.npz`` (``targets.tvm_params``).
 
 Every ``matmul(x, permute_dims(W))`` with a constant weight — linear layers and each unrolled
 step of an LSTM/GRU/RNN — becomes a ``call_tir`` to one of the kernels of ``targets.kernels``:
@@ -38,6 +39,7 @@ from targets.kernels import Format, Packed, block_fill, gpu_kernel, kernel, pack
 from targets.remote import LOCAL, Device, RemoteTvmRunner, load_library
 from targets.runtime.run import install_cuda_binaries
 from targets.tvm_library import pack_imports
+from targets.tvm_params import LiftConstants
 
 CACHE_VERSION = 2  # bump when the kernels change: cached timings are of the old ones
 SMALL = 1 << 20  # multiply-adds below which single-threaded kernels are candidates too
@@ -488,22 +490,27 @@ def elementwise_rule(lanes: int) -> Any:
 PARALLEL_ELEMENTS = 1 << 16  # elementwise functions this large run on every core
 
 
-def relax_pipeline(target: Any, lanes: int) -> Any:
-    """TVM's default CPU pipeline plus schedules for what it leaves unscheduled."""
+def relax_pipeline(target: Any, lanes: int, schedule: bool, lift: LiftConstants) -> Any:
+    """TVM's default pipeline for ``target``, on CPU plus schedules (``schedule``) for what it
+    leaves unscheduled; the weights are lifted out of the code (``lift``) once folded."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.relax.backend.cuda import pipeline as cuda
     from tvm.s_tir import dlight
+
+    backend = cuda if target.kind.name == "cuda" else cpu
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod: Any, _ctx: Any) -> Any:
         rules = (dlight.cpu.GEMV(), dlight.cpu.Reduction(), elementwise_rule(lanes))
         with target:
             passes = [
-                *cpu.library_dispatch_passes(target),
-                *cpu.legalize_passes(target),
-                dlight.ApplyDefaultSchedule(*rules),
-                *cpu.dataflow_lower_passes(target),
-                *cpu.finalize_passes(target),
+                *backend.library_dispatch_passes(target),
+                *backend.legalize_passes(target),
+                *([dlight.ApplyDefaultSchedule(*rules)] if schedule else []),
+                lift.pass_(),
+                *backend.dataflow_lower_passes(target),
+                *backend.finalize_passes(target),
             ]
             return tvm.transform.Sequential(passes)(mod)
 
@@ -621,9 +628,12 @@ class TvmBackend:
                     module, chooser.choose, chooser.build, parameter_names(state)
                 )
             target_obj = tvm.target.Target(tvm_target)
-            cpu_pipeline = self.kernels and not on_gpu
-            pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target)) if cpu_pipeline else "default"
+            lift = LiftConstants()
+            schedule = self.kernels and not on_gpu
+            pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target), schedule, lift)
             executable = tvm.compile(module, target=target_obj, relax_pipeline=pipeline)
+            del module  # the weights live on in ``lift`` until they are on disk
+            lift.save(out_dir)
             count_calls(executable, self.layers)
             path = out_dir / "model.so"
             executable.export_library(str(path), fcompile=compiler, fpack_imports=pack_imports)

@@ -2,8 +2,9 @@
 
     python3 run.py [BUNDLE] [--dense DENSE_BUNDLE] [--out result.json] [--threads N]
 
-BUNDLE (default: this script's folder) holds ``manifest.json``, the artifact (``model.so`` for
-the TVM runtime, ``model.ort``/``model.onnx`` for ONNX Runtime), ``inputs.npz`` and the torch
+BUNDLE (default: this script's folder) holds ``manifest.json``, the artifact (``model.so`` and
+its weights ``params.npz`` for the TVM runtime, ``model.ort``/``model.onnx`` for ONNX Runtime),
+``inputs.npz`` and the torch
 model's outputs for them, ``expected.npz``. The artifact's outputs are compared with those
 (tolerance ``atol + rtol * max|expected|``, as on the host), then timed; with ``--dense`` the
 unpruned model's bundle is verified too and both are timed taking turns, each turn in a worker
@@ -22,7 +23,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,17 @@ Run = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PARAMS = "params.npz"  # a TVM library's weights, beside it: ``main`` takes (*inputs, *params)
+
+
+def read_params(artifact: str | Path) -> Iterator[np.ndarray]:
+    """The weights of the TVM library ``artifact`` in ``main``'s order, read one at a time."""
+    path = Path(artifact).with_name(PARAMS)
+    if not path.is_file():
+        return
+    with np.load(path) as archive:
+        for i in range(len(archive.files)):
+            yield archive[f"arr_{i}"]
 
 
 def ort_session(path: str, threads: int, provider: str = "CPUExecutionProvider") -> Any:
@@ -72,9 +84,10 @@ def tvm_runner(path: str, device_type: str = "cpu") -> Run:
 
     device = tvm.device(device_type, 0)
     vm = relax.VirtualMachine(tvm.runtime.load_module(path), device)
+    params = [tvm.runtime.tensor(p, device) for p in read_params(path)]
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return flatten(vm["main"](*(tvm.runtime.tensor(x, device) for x in inputs)))
+        return flatten(vm["main"](*(tvm.runtime.tensor(x, device) for x in inputs), *params))
 
     return run
 
@@ -100,6 +113,10 @@ def tvm_runtime_runner(path: str, device_type: str, libs: Path) -> Run:
     setup = [DLPACK[device_type], 0, POOLED] + ([] if device_type == "cpu" else [DLPACK["cpu"], 0, POOLED])
     vm["vm_initialization"](*setup)
     main = vm["main"]
+    params: list[Any] = []
+    for p in read_params(path):  # one host copy at a time
+        params.append(alloc(list(p.shape), str(p.dtype), device, None))
+        copy(tvm_ffi.from_dlpack(np.ascontiguousarray(p)), params[-1])
 
     inputs: dict[int, Any] = {}  # a device tensor per input position, reused while its shape holds
 
@@ -119,7 +136,7 @@ def tvm_runtime_runner(path: str, device_type: str, libs: Path) -> Run:
         return [np.from_dlpack(out).copy()]  # owned: an output may alias an input tensor reused next call
 
     def run(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return to_host(main(*(to_device(i, x) for i, x in enumerate(arrays))))
+        return to_host(main(*(to_device(i, x) for i, x in enumerate(arrays)), *params))
 
     return run
 

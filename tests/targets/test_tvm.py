@@ -26,6 +26,23 @@ def test_tvm_lowering_verifies(zoo: Path, tmp_path: Path, model: str) -> None:
     assert compiled.verify().max_abs_error < 1e-4
 
 
+@pytest.mark.parametrize("kernels", [True, False])
+def test_the_weights_go_to_params_npz_not_into_the_library(tmp_path: Path, kernels: bool) -> None:
+    """The library is the code alone (a worker then holds each weight once); ``main`` takes the
+    weights, folded as TVM folds them, from ``params.npz``."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 128)).eval()
+    state = State(module=module, example_inputs=(torch.rand(1, 256),))
+    artifact, runner = TvmBackend(kernels=kernels, measure=False).build(state, CPU, tmp_path)
+    matrices = 4 * (256 * 512 + 512 * 128)
+    with np.load(tmp_path / "params.npz") as params:
+        assert sum(params[key].nbytes for key in params.files) >= matrices
+    assert artifact.stat().st_size < matrices / 4
+    compiled = Compiled(CPU, "tvm", artifact, runner, state)
+    assert compiled.nbytes > matrices
+    assert compiled.verify().max_abs_error < 1e-4
+
+
 def test_negative_index_miscompile_is_worked_around_and_caught(zoo: Path, tmp_path: Path) -> None:
     """The LSTM classifier reads ``out[:, -1]``, which the Relax frontend miscomputes as is."""
     state = load_model(zoo / "lstm.pt")
