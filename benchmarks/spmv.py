@@ -48,9 +48,10 @@ import torch
 from onnx import TensorProto, helper
 
 from benchmarks.common import speedup_result, write
-from targets.kernels import Format, Packed, kernel, pack
 from targets.runtime.measure import Factory, Latency, loop, measure, measure_samplers
-from targets.tvm import candidates, host_target, set_threads
+from targets.tvm.cpu import candidates
+from targets.tvm.devices import host_target, set_threads
+from targets.tvm.kernels import Format, Packed, kernel, pack
 
 SHAPES = [(1024, 1024), (2048, 2048), (4096, 1024), (7680, 2560)]
 SPARSITIES = [0.8, 0.9, 0.95]

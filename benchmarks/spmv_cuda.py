@@ -6,7 +6,7 @@
 
 For each weight shape (N x K), sparsity and batch B it times ``y = x @ W.T`` (x: B x K) with
 cuBLAS dense (torch ``F.linear``), TVM dense (TVM's GPU schedule, as the backend keeps for dense
-weights), cuSPARSE CSR (``torch.sparse.mm``) and ours (``targets.kernels.gpu_kernel``): CSR,
+weights), cuSPARSE CSR (``torch.sparse.mm``) and ours (``targets.tvm.kernels.gpu_kernel``): CSR,
 CSR with fp16 values, BSR 4x1 and 1x4 (W pruned to the same sparsity in blocks), each the
 fastest of the backend's GPU candidates (lanes per row, batch-inner). Per shape and batch, 2:4
 semi-structured sparsity (torch, fp16, 50% sparse) against cuBLAS fp16 where torch runs it.
@@ -37,10 +37,11 @@ import torch
 from benchmarks.common import speedup_result, speedup_row, write
 from benchmarks.spmv import pruned
 from targets import cuda
-from targets.kernels import Format, gpu_kernel, pack
 from targets.remote import LOCAL
 from targets.runtime.measure import measure_samplers
-from targets.tvm import gpu_candidates, gpu_dense_kernel, host_target
+from targets.tvm.devices import host_target
+from targets.tvm.gpu import gpu_candidates, gpu_dense_kernel
+from targets.tvm.kernels import Format, gpu_kernel, pack
 
 SHAPES = [(1024, 1024), (2048, 2048), (4096, 1024), (2560, 2560), (7680, 2560)]
 SPARSITIES = [0.8, 0.9, 0.95]

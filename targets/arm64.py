@@ -15,8 +15,9 @@ from typing import Any
 
 from compressor.errors import LoweringError
 from compressor.registry import TARGETS
-from targets import tvm as tvm_backend
 from targets.base import Target
+from targets.tvm.cpu import CPU_KERNELS
+from targets.tvm.devices import DEVICES, TvmDevice
 
 ARM64 = TARGETS.register("arm64")(
     Target(
@@ -62,5 +63,4 @@ def compiler() -> Any:
     return cc.cross_compiler(GCC)
 
 
-tvm_backend.TARGETS["arm64"] = tvm_target
-tvm_backend.COMPILERS["arm64"] = compiler
+DEVICES["arm64"] = TvmDevice(target=tvm_target, kernels=CPU_KERNELS, compiler=compiler)

@@ -146,8 +146,12 @@ class Compiled:
 
     @property
     def nbytes(self) -> int:
-        """The artifact's size on disk, with its weights file where it has one (TVM)."""
-        return sum(p.stat().st_size for p in (self.artifact, self.artifact.with_name(PARAMS)) if p.is_file())
+        """The artifact's size on disk, with its weights file where it has one (TVM's
+        ``params.npz``, ONNX's ``model.onnx.data``)."""
+        a = self.artifact
+        return sum(
+            p.stat().st_size for p in (a, a.with_name(PARAMS), a.with_name(a.name + ".data")) if p.is_file()
+        )
 
     def verify(self, trials: int = 3, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> Verification:
         """Compare with torch on the example inputs and fresh random ones; raise if it differs."""

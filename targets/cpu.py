@@ -2,6 +2,8 @@
 
 from compressor.registry import TARGETS
 from targets.base import Target
+from targets.tvm.cpu import CPU_KERNELS
+from targets.tvm.devices import DEVICES, TvmDevice, host_target
 
 CPU = TARGETS.register("cpu")(
     Target(
@@ -10,3 +12,5 @@ CPU = TARGETS.register("cpu")(
         backends=("onnxruntime", "tvm"),
     )
 )
+
+DEVICES["cpu"] = TvmDevice(target=host_target, kernels=CPU_KERNELS)

@@ -2,9 +2,9 @@
 
 TVM builds for ``{"kind": "cuda", "arch": "sm_XX"}`` (the GPU's compute capability when one is
 reachable, else ``$COMPRESSOR_CUDA_ARCH``, default ``sm_80``) with TVM's GPU schedules (dlight),
-our sparse kernels where the weights are sparse enough (``targets.tvm.KernelChooser``), and an
+our sparse kernels where the weights are sparse enough (``targets.tvm.gpu``), and an
 x86-64 host part. nvcc compiles the CUDA modules into fatbins beside the library
-(``compile_binaries``), so no GPU is needed to build and none of TVM's or CUDA's compilers to
+(``targets.tvm.gpu.compile_binaries``), so no GPU is needed to build and none of TVM's or CUDA's compilers to
 run. ONNX Runtime runs the ONNX model with its CUDA execution provider (``onnxruntime-gpu``, the
 ``cuda`` extra). Without a GPU the artifacts and their bundle are built and kept, and the run ends
 with a ``DeviceError`` saying where to verify them: no unverified artifact is reported as good.
@@ -13,16 +13,13 @@ with a ``DeviceError`` saying where to verify them: no unverified artifact is re
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
-from compressor.errors import LoweringError
 from compressor.registry import TARGETS
-from targets import tvm as tvm_backend
 from targets.base import Target
 from targets.remote import Device
-from targets.runtime.run import cuda_binary_name
+from targets.tvm.devices import DEVICES, TvmDevice, host_target
+from targets.tvm.gpu import GPU_KERNELS
 
 CUDA = TARGETS.register("cuda")(
     Target(
@@ -62,11 +59,7 @@ def tvm_target(device: Device) -> dict[str, Any]:
     # Where a CUDA driver is, TVM compiles CUDA modules as it builds them, with NVRTC unless
     # told otherwise; NVRTC needs cuda-bindings, nvcc is on the machines this builds on.
     os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
-    host = (
-        tvm_backend.host_target()
-        if device.session is None
-        else {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
-    )
+    host = host_target() if device.session is None else {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
     dev = gpu(device)
     target = {"kind": "cuda", "arch": _arch(dev), "host": host, **LIMITS}
     if dev is not None:
@@ -92,42 +85,8 @@ def no_gpu(device: Device, backend: str) -> str:
     )
 
 
-def cuda_sources(module: Any) -> list[str]:
-    """The CUDA C of every CUDA module imported by ``module`` (a built library)."""
-    pending, sources = [module], []
-    while pending:
-        module = pending.pop()
-        if module.kind == "cuda":
-            sources.append(module.inspect_source())
-        pending.extend(module.imports)
-    return sources
+def unavailable(device: Device) -> str | None:
+    return no_gpu(device, "tvm") if gpu(device) is None else None
 
 
-def compile_binaries(sources: list[str], folder: Path, target: dict[str, Any]) -> list[Path]:
-    """Compile each CUDA module's C (``cuda_sources``) with nvcc into ``folder``/cuda-<sha256>.fatbin: SASS
-    for the target's arch and its PTX (which newer GPUs compile at load). TVM 0.27 stores CUDA
-    modules built without a driver as CUDA C; the bundle's runner loads these binaries instead
-    (``targets.runtime.run.install_cuda_binaries``), so the GPU machine needs no compiler."""
-    if shutil.which("nvcc") is None:
-        raise LoweringError(
-            "nvcc not found: the cuda target compiles its kernels with it; install the CUDA "
-            "toolkit (13.x) and put its bin/ on PATH"
-        )
-    import tvm
-    from tvm.support import nvcc
-
-    version = str(target["arch"]).removeprefix("sm_")
-    gencode = ["-gencode", f"arch=compute_{version},code=sm_{version}"]
-    gencode += ["-gencode", f"arch=compute_{version},code=compute_{version}"]
-    for stale in folder.glob("cuda-*.fatbin"):  # named by the source alone: maybe another arch's
-        stale.unlink()
-    paths = []
-    with tvm.target.Target(target):
-        for source in sources:
-            path = folder / cuda_binary_name(source)
-            path.write_bytes(bytes(nvcc.compile_cuda(source, "fatbin", arch=gencode, compiler="nvcc")))
-            paths.append(path)
-    return paths
-
-
-tvm_backend.TARGETS["cuda"] = tvm_target
+DEVICES["cuda"] = TvmDevice(target=tvm_target, kernels=GPU_KERNELS, unavailable=unavailable)

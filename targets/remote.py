@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,19 @@ def upload(device: Device, path: Path, name: str | None = None) -> str:
     return name
 
 
+def upload_onnx(device: Device, model: Path) -> str:
+    """Upload an ONNX model as one file: one with its weights beside it (``model.onnx.data``)
+    goes up with them inlined, under a fresh name (two models' weights files share a name)."""
+    if not model.with_name(model.name + ".data").is_file():
+        return upload(device, model)
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        single = Path(tmp) / model.name
+        onnx.save(onnx.load(str(model)), str(single))
+        return upload(device, single)
+
+
 def send_cuda_binaries(device: Device, folder: Path) -> None:
     """Upload the CUDA binaries in ``folder`` (``cuda-<sha256>.fatbin``) to the bundle's server,
     which then loads CUDA modules from them instead of compiling their CUDA C; a plain TVM RPC
@@ -249,7 +263,7 @@ class RemoteOrtRunner:
                 "the bundle there (python3 server.py) or the bundle's run.py, or use --backend tvm"
             ) from None
         self.name = model.name
-        remote = upload(device, model)
+        remote = upload_onnx(device, model)
         with device.errors(f"loading {model.name} in ONNX Runtime"):
             self.path = device.session.get_function("tvm.rpc.server.workpath")(remote)
             self._run = device.session.get_function("compressor.ort_run")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from compressor import ConfigError
-from passes.granularity import Granularity, global_masks
+from passes.granularity import Granularity, global_masks, kth_smallest
 
 
 @pytest.fixture
@@ -80,3 +80,22 @@ def test_global_ranks_across_layers() -> None:
 def test_bad_granularity(text: str) -> None:
     with pytest.raises(ConfigError, match="unknown granularity"):
         Granularity.parse(text)
+
+
+def test_kth_smallest_is_exact_across_layers_with_ties_zeros_and_pruned_entries() -> None:
+    """The selection global pruning thresholds by, against a full sort of all the scores."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        layers = [
+            torch.randn(int(torch.randint(1, 2000, (1,), generator=gen)), generator=gen).abs()
+            for _ in range(3)
+        ]
+        if trial % 3 == 0:
+            layers[0][: len(layers[0]) // 2] = -1.0  # pruned before: they go first
+        if trial % 4 == 0:
+            layers = [t.round(decimals=1) for t in layers]  # many ties
+        if trial % 5 == 0:
+            layers[1][:] = 0.0
+        flat = torch.cat(layers).sort().values
+        k = int(torch.randint(1, len(flat) + 1, (1,), generator=gen))
+        assert kth_smallest([(lambda t=t: t) for t in layers], k) == float(flat[k - 1])

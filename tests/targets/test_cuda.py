@@ -19,7 +19,8 @@ from compressor.errors import LoweringError
 from targets import cuda
 from targets.remote import LOCAL
 from targets.runtime.run import cuda_binary_name, install_cuda_binaries, read_manifest
-from targets.tvm import GPU_DENSE, KernelChooser, gpu_lanes, gpu_rule
+from targets.tvm import KernelChooser, gpu
+from targets.tvm.gpu import GPU_DENSE, GPU_KERNELS, gpu_lanes, gpu_rule
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 MODELS = ("lenet300.pt", "lstm.pt", "lenet5.pt")
@@ -130,7 +131,7 @@ def test_gpu_choice_times_every_candidate_built_for_cuda(tmp_path: Path) -> None
 
     blocks = np.repeat(np.random.default_rng(0).random((64, 96)) < 0.1, 4, axis=0)  # 4x1 blocks
     w = (blocks * np.random.default_rng(1).standard_normal(blocks.shape)).astype(np.float32)
-    chooser = KernelChooser(target, fp16=True, cache=tmp_path / "c.json", timer=timer)
+    chooser = KernelChooser(target, GPU_KERNELS, fp16=True, cache=tmp_path / "c.json", timer=timer)
     choice = chooser.choose(w, 4)
     assert choice.format.name == "bsr4x1-u4-bt-t32-fp16"
     assert (
@@ -162,13 +163,13 @@ def test_the_loader_takes_the_compiled_binaries_instead_of_compiling(tmp_path: P
     import tvm
     import tvm_ffi
 
-    from targets.kernels import Format, gpu_kernel, pack
+    from targets.tvm.kernels import Format, gpu_kernel, pack
 
     target = cuda.tvm_target(LOCAL)
     packed = pack(sparse_weight((64, 48), 0.9), Format("bsr", (1, 1), 4, threads=8))
     lib = tvm.compile(tvm.IRModule({"main": gpu_kernel(packed, 1)}), target=tvm.target.Target(target))
-    (source,) = cuda.cuda_sources(lib.mod)
-    (path,) = cuda.compile_binaries([source], tmp_path, target)
+    (source,) = gpu.cuda_sources(lib.mod)
+    (path,) = gpu.compile_binaries([source], tmp_path, target)
     assert path.read_bytes()[:4] == FATBIN_MAGIC
     install_cuda_binaries(tmp_path)
     assert bytes(tvm_ffi.get_global_func("tvm_callback_cuda_compile")(source)) == path.read_bytes()
@@ -208,9 +209,9 @@ def test_over_rpc_to_a_server_without_a_gpu(tmp_path: Path) -> None:
 
 
 def test_without_nvcc_the_build_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(cuda.shutil, "which", lambda name: None)
+    monkeypatch.setattr(gpu.shutil, "which", lambda name: None)
     with pytest.raises(LoweringError, match="nvcc not found: .*install the CUDA toolkit"):
-        cuda.compile_binaries([""], tmp_path, cuda.tvm_target(LOCAL))
+        gpu.compile_binaries([""], tmp_path, cuda.tvm_target(LOCAL))
 
 
 def test_the_hook_leaves_room_for_tvm_imported_after_it(tmp_path: Path) -> None:

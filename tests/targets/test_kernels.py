@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from targets.kernels import Format, block_fill, gpu_kernel, kernel, pack, unpack
 from targets.tvm import host_target, set_threads
+from targets.tvm.kernels import Format, block_fill, gpu_kernel, kernel, pack, unpack
 
 FORMATS = [
     Format("dense", unroll=1),

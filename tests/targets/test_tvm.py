@@ -7,15 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-import targets.tvm as tvm_backend
+import targets.tvm.rewrite
 from compressor import PassContext, State, VerificationError, load_model
 from passes import MagnitudePrune
 from targets import backends_for, lower
 from targets.base import Compiled
 from targets.cpu import CPU
-from targets.kernels import Format, Packed, pack
 from targets.remote import LOCAL, Device
 from targets.tvm import KernelChooser, TvmBackend, host_target
+from targets.tvm.kernels import Format, Packed, pack
 
 
 @pytest.mark.parametrize("model", ["lenet300.pt", "lstm.pt", "lenet5.pt", "lstm.pt2"])
@@ -110,7 +110,7 @@ def test_verification_catches_a_wrong_sparse_kernel(tmp_path: Path, monkeypatch:
             indices[:] = np.minimum(indices + 1, weight.shape[1] - fmt.block[1])
         return packed
 
-    monkeypatch.setattr(tvm_backend, "pack", off_by_one)
+    monkeypatch.setattr(targets.tvm.rewrite, "pack", off_by_one)
     state = two_layer_state((0.3, 0.9))
     artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
     with pytest.raises(VerificationError, match="differs from the torch model"):

@@ -1,0 +1,128 @@
+"""The Relax rewrite: each ``matmul(x, permute_dims(W))`` with a constant weight — linear layers
+and each unrolled step of an LSTM/GRU/RNN — becomes a ``call_tir`` to the kernel chosen for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from targets.tvm.choose import Choice
+from targets.tvm.export import weight_digest
+from targets.tvm.kernels import Format, Packed, pack
+
+
+@dataclass
+class Layer:
+    """One constant-weight matmul of the graph and the kernel it got. ``calls``: how many times
+    one run of the built model calls the kernel (a call TVM folds away, such as the first step
+    of a recurrent layer from a zero state, is not counted); None for TVM's own kernels."""
+
+    name: str
+    shape: tuple[int, int]
+    batch: int
+    sparsity: float
+    format: str
+    calls: int | None
+    times_ms: dict[str, float]
+    cached: bool
+    symbol: str | None = None  # the kernel's function in the built module
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["symbol"]
+        return out
+
+
+def count_calls(executable: Any, layers: list[Layer]) -> None:
+    """Set each layer's ``calls`` from the VM's bytecode of ``main`` (after TVM's folding)."""
+    import re
+
+    called = re.findall(r"^\s*call\s+(\S+)", executable.as_text(), re.M)
+    for layer in layers:
+        layer.calls = called.count(layer.symbol) if layer.symbol else None
+
+
+def rewrite_matmuls(
+    mod: Any,
+    choose: Callable[[np.ndarray, int], Choice],
+    build: Callable[[Packed, int], Any],
+    names: dict[bytes, str] | None = None,
+    label: Callable[[Format], str] = lambda fmt: fmt.name,
+) -> tuple[Any, list[Layer]]:
+    """Replace each ``matmul(x, permute_dims(const W))`` in ``main`` with a kernel call.
+
+    ``choose`` picks the format per (weight, batch); ``build`` makes its TIR function, or None
+    to keep the matmul for TVM's own schedule. One kernel is built per (weight, batch); the
+    unrolled steps of a recurrent layer share it. ``names`` maps a weight's ``weight_digest`` to
+    its parameter name, and ``label`` names a format, for the report.
+    """
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    names = names or {}
+    weight_pattern = is_const()
+    transpose_pattern = is_op("relax.permute_dims")(weight_pattern)
+    pattern = is_op("relax.matmul")(wildcard(), transpose_pattern)
+    kernels: dict[tuple[bytes, int], tuple[Any, list[Any], Layer]] = {}
+    builder = relax.BlockBuilder(mod)
+
+    def rewriter(call: Any, matches: dict) -> Any:
+        x = call.args[0]
+        axes = matches[transpose_pattern].attrs.axes
+        if axes is not None and [int(a) for a in axes] != [1, 0]:
+            return call
+        weight = matches[weight_pattern].value.numpy()
+        if weight.ndim != 2 or weight.dtype != np.float32 or call.ty.dtype != "float32":
+            return call
+        shape = [int(d) for d in x.ty.shape]
+        n, k = weight.shape
+        batch = int(np.prod(shape[:-1]))
+        digest = weight_digest(weight)
+        key = (digest, batch)
+        if key not in kernels:
+            choice = choose(weight, batch)
+            packed: Packed = pack(weight, choice.format)
+            symbol = f"{choice.format.name.replace('-', '_')}_{len(kernels)}"
+            # dlight leaves it alone; opaque: never fused into another function (it keeps its name,
+            # which ``count_calls`` looks for in the bytecode)
+            attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
+            func = build(packed, batch)
+            gvar = None if func is None else builder.add_func(func.with_attrs(attrs), symbol)
+            layer = Layer(
+                name=names.get(digest, f"weight{len(kernels)}"),
+                shape=(n, k),
+                batch=batch,
+                sparsity=round(1.0 - np.count_nonzero(weight) / weight.size, 4),
+                format=label(choice.format),
+                calls=None,
+                times_ms={f: round(t, 5) for f, t in choice.times_ms.items()},
+                cached=choice.cached,
+                symbol=None if func is None else symbol,
+            )
+            kernels[key] = (gvar, [relax.const(a) for a in packed.arrays], layer)
+        gvar, consts, layer = kernels[key]
+        if gvar is None:
+            return call
+        flat = relax.op.reshape(x, (batch, k)) if len(shape) != 2 else x
+        out = relax.call_tir(gvar, [flat, *consts], out_ty=relax.TensorType((batch, n), "float32"))
+        return relax.op.reshape(out, (*shape[:-1], n)) if len(shape) != 2 else out
+
+    errors: list[Exception] = []
+
+    def guarded(call: Any, matches: dict) -> Any:  # exceptions crossing TVM's FFI lose their type
+        try:
+            return rewriter(call, matches)
+        except Exception as e:
+            errors.append(e)
+            return call
+
+    main = rewrite_call(pattern, guarded, mod["main"])
+    if errors:
+        raise errors[0]
+    mod = builder.get()
+    mod["main"] = main
+    mod = relax.transform.DeadCodeElimination(["main"])(mod)
+    return mod, [layer for _, _, layer in kernels.values()]
