@@ -223,29 +223,32 @@ def _unstructured_masks(
 
 
 BUCKETS = 1 << 16
+NEGATIVE = 0xBF80 - (1 << 16)  # the top 16 bits of -1.0 (pruned already), as int32 shifts them
 
 
 def kth_smallest(scores: Iterable[Callable[[], torch.Tensor]], k: int) -> float:
     """The ``k``-th smallest (1-based) of all the scores (float32, each >= 0 or -1), exactly,
     by radix selection: a histogram of every score's top 16 bits (sign, exponent and 7 bits of
-    mantissa, in the order of the values), then ``kthvalue`` among the few in the bucket that
-    holds the k-th. No concatenated copy of all the weights; ``scores`` are called twice."""
+    mantissa: non-negative floats order as their bits), then ``kthvalue`` among the few in the
+    bucket that holds the k-th. No concatenated copy of all the weights; ``scores`` are called
+    twice."""
     scores = list(scores)
     histogram = torch.zeros(BUCKETS, dtype=torch.int64)
-    for score in scores:
-        histogram += torch.bincount(_bucket(score()), minlength=BUCKETS)
+    for score in scores:  # -1.0 lands in bucket 0, 0.0 in -NEGATIVE, the rest above in order
+        top = score().reshape(-1).view(torch.int32) >> 16
+        histogram += torch.bincount(top.sub_(NEGATIVE), minlength=BUCKETS)
     below = histogram.cumsum(0)
     bucket = int(torch.searchsorted(below, k))  # the first bucket reaching k
-    before = int(below[bucket - 1]) if bucket else 0
-    inside = torch.cat([values[_bucket(values) == bucket] for values in (s().reshape(-1) for s in scores)])
-    return float(inside.kthvalue(k - before).values)
-
-
-def _bucket(scores: torch.Tensor) -> torch.Tensor:
-    """Order-preserving buckets: 0 for the negative scores (-1: pruned already), else the float's
-    top 16 bits + 1 (non-negative floats order as their bit patterns)."""
-    bits = scores.reshape(-1).view(torch.int32)
-    return torch.where(bits < 0, 0, (bits >> 16) + 1)
+    if bucket < -NEGATIVE:
+        return -1.0
+    lo, hi = (
+        torch.tensor([(bucket + i + NEGATIVE) << 16], dtype=torch.int32).view(torch.float32) for i in (0, 1)
+    )
+    inside = []
+    for score in scores:
+        values = score().reshape(-1)
+        inside.append(values[(values >= lo) & (values < hi)])
+    return float(torch.cat(inside).kthvalue(k - int(below[bucket - 1])).values)
 
 
 def _pruned(mask: torch.Tensor) -> int:
