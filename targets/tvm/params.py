@@ -59,6 +59,9 @@ class LiftConstants:
         body = Mutator(mod).visit_expr(func.body)
         self.values = [const.value for const in lifted]
         params = [*func.params, *lifted.values()]
+        # TVM keeps the classes it derives objects from, and this one's method holds ``lifted``:
+        # left full, every weight would stay in memory for the rest of the job.
+        lifted.clear()
         new = relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs, func.span)
         mod = mod.clone()  # a pass leaves its input as it was
         mod.update_func(mod.get_global_var("main"), new.with_attr("num_input", len(func.params)))
