@@ -20,7 +20,7 @@ from targets.runtime.measure import (
     run_in_worker,
     worker_turner,
 )
-from targets.runtime.run import PARAMS
+from targets.runtime.run import PARAMS, onnx_data
 from targets.verify import Verification, verify
 
 if TYPE_CHECKING:
@@ -149,9 +149,7 @@ class Compiled:
         """The artifact's size on disk, with its weights file where it has one (TVM's
         ``params.npz``, ONNX's ``model.onnx.data``)."""
         a = self.artifact
-        return sum(
-            p.stat().st_size for p in (a, a.with_name(PARAMS), a.with_name(a.name + ".data")) if p.is_file()
-        )
+        return sum(p.stat().st_size for p in (a, a.with_name(PARAMS), onnx_data(a)) if p.is_file())
 
     def verify(self, trials: int = 3, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> Verification:
         """Compare with torch on the example inputs and fresh random ones; raise if it differs."""

@@ -30,7 +30,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "arm64": "CPUExecutionProvider", "cu
 
 def export_onnx(state: State, path: Path) -> None:
     """Write ``state.module`` as an ONNX model (dynamo exporter, optimised) with its weights in
-    ``model.onnx.data`` beside it (``onnx_data``): streamed from the model's own tensors, where a
+    ``model.onnx.data`` beside it (``runtime.run.onnx_data``): streamed from the model's own tensors, where a
     single file would be serialised in memory (twice the weights at once) and cannot pass 2 GB."""
     set_eval(state.module)
     quiet = io.StringIO()
@@ -47,11 +47,6 @@ def export_onnx(state: State, path: Path) -> None:
             f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "the model must be exportable by torch.onnx.export(dynamo=True)"
         ) from None
-
-
-def onnx_data(model: Path) -> Path:
-    """The weights file of the ONNX model ``model``."""
-    return model.with_name(model.name + ".data")
 
 
 def convert_to_ort(model: Path) -> Path:

@@ -24,7 +24,7 @@ import numpy as np
 
 from compressor.errors import BackendUnavailable, ConfigError, DeviceError
 from targets.runtime.measure import Turn, Turner, turn
-from targets.runtime.run import flatten, npz_arrays, npz_bytes, read_params
+from targets.runtime.run import flatten, npz_arrays, npz_bytes, onnx_data, read_params
 
 CONNECT_SECONDS = 10.0
 
@@ -146,7 +146,7 @@ def upload(device: Device, path: Path, name: str | None = None) -> str:
 def upload_onnx(device: Device, model: Path) -> str:
     """Upload an ONNX model as one file: one with its weights beside it (``model.onnx.data``)
     goes up with them inlined, under a fresh name (two models' weights files share a name)."""
-    if not model.with_name(model.name + ".data").is_file():
+    if not onnx_data(model).is_file():
         return upload(device, model)
     import onnx
 

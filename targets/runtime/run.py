@@ -42,6 +42,11 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PARAMS = "params.npz"  # a TVM library's weights, beside it: ``main`` takes (*inputs, *params)
 
 
+def onnx_data(model: str | Path) -> Path:
+    """The weights file of the ONNX model ``model`` (``model.onnx.data``), where it has one."""
+    return Path(model).with_name(Path(model).name + ".data")
+
+
 def read_params(artifact: str | Path) -> Iterator[np.ndarray]:
     """The weights of the TVM library ``artifact`` in ``main``'s order, read one at a time."""
     path = Path(artifact).with_name(PARAMS)
