@@ -16,7 +16,7 @@ from targets.tvm.devices import DEVICES, TvmDevice, set_threads, vector_lanes
 from targets.tvm.export import export_relax, parameter_names
 from targets.tvm.library import pack_imports
 from targets.tvm.params import LiftConstants
-from targets.tvm.rewrite import Layer, count_calls, rewrite_matmuls
+from targets.tvm.rewrite import Layer, count_calls, rewrite_gemms, rewrite_matmuls
 from targets.tvm.schedule import relax_pipeline
 
 
@@ -44,6 +44,7 @@ class TvmBackend:
         self.measure = measure
         self.cache = cache
         self.layers: list[Layer] = []
+        self.gemms = 0  # matmuls of two activations (attention's) through our GEMM
 
     def build(
         self, state: State, target: Target, out_dir: Path, device: Device = LOCAL
@@ -75,6 +76,8 @@ class TvmBackend:
                 module, self.layers = rewrite_matmuls(
                     module, chooser.choose, chooser.build, names, chooser.label
                 )
+                if (gemm := spec.kernels.gemm(tvm_target)) is not None:
+                    module, self.gemms = rewrite_gemms(module, gemm)
             target_obj = tvm.target.Target(tvm_target)
             lift = LiftConstants()
             schedule = self.kernels and spec.kernels.schedule

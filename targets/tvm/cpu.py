@@ -4,14 +4,16 @@ weight on the device."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from targets.tvm.devices import vector_lanes
-from targets.tvm.kernels import Format, Packed, block_fill, kernel
+from targets.tvm.kernels import Format, Packed, block_fill, gemm_kernel, kernel
 
 SMALL = 1 << 20  # multiply-adds below which single-threaded kernels are candidates too
 
@@ -56,6 +58,9 @@ class CpuKernels:
 
     def kernel(self, packed: Packed, batch: int, target: dict[str, Any]) -> Any:
         return kernel(packed, batch, vector_lanes(target))
+
+    def gemm(self, target: dict[str, Any]) -> Callable[[int, int, int, int], Any]:
+        return partial(gemm_kernel, lanes=vector_lanes(target))
 
     def timed(self, packed: Packed, batch: int, target: dict[str, Any]) -> tuple[Any, Packed]:
         return self.kernel(packed, batch, target), packed

@@ -37,6 +37,11 @@ class Kernels(Protocol):
         """The TIR function the model calls for ``packed``, or None to keep TVM's matmul."""
         ...
 
+    def gemm(self, target: dict[str, Any]) -> Callable[[int, int, int, int], Any] | None:
+        """The GEMM for the matmuls of two activations: ``(g, m, k, n)`` -> TIR function, or
+        None to leave them to TVM's pipeline."""
+        ...
+
     def timed(self, packed: Packed, batch: int, target: dict[str, Any]) -> tuple[Any, Packed]:
         """The function timed for ``packed`` and the arrays it takes after ``x``."""
         ...

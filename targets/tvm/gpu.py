@@ -149,6 +149,9 @@ class GpuKernels:
     def kernel(self, packed: Packed, batch: int, target: dict[str, Any]) -> Any:
         return gpu_kernel(packed, batch) if packed.format.sparse else None
 
+    def gemm(self, target: dict[str, Any]) -> None:
+        return None  # dlight's GPU matmul rule schedules them
+
     def timed(self, packed: Packed, batch: int, target: dict[str, Any]) -> tuple[Any, Packed]:
         """Dense is TVM's schedule of the model's matmul, whose weight TVM folds to K x N."""
         if packed.format.sparse:

@@ -1,5 +1,7 @@
-"""The Relax rewrite: each ``matmul(x, permute_dims(W))`` with a constant weight — linear layers
-and each unrolled step of an LSTM/GRU/RNN — becomes a ``call_tir`` to the kernel chosen for it."""
+"""The Relax rewrites: each ``matmul(x, permute_dims(W))`` with a constant weight — linear layers
+and each unrolled step of an LSTM/GRU/RNN — becomes a ``call_tir`` to the kernel chosen for it
+(``rewrite_matmuls``); the matmuls left over — attention's, whose operands are both activations,
+and ``x @ W`` — become calls to a GEMM kernel (``rewrite_gemms``)."""
 
 from __future__ import annotations
 
@@ -126,3 +128,53 @@ def rewrite_matmuls(
     mod["main"] = main
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
     return mod, [layer for _, _, layer in kernels.values()]
+
+
+def rewrite_gemms(mod: Any, kernel: Callable[[int, int, int, int], Any]) -> tuple[Any, int]:
+    """Replace each fp32 ``matmul`` of static shape left in ``main`` with a call to
+    ``kernel(g, m, k, n)``, the TIR function of ``g`` products of (m x k) @ (k x n): the leading
+    dimensions of both operands equal (one product per head), or ``b`` a matrix (the rows of
+    ``a`` are then one product's). Broadcasting and vector operands are left to TVM. Returns the
+    module and the number of matmuls rewritten."""
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    functions: dict[tuple[int, int, int, int], Any] = {}
+    builder = relax.BlockBuilder(mod)
+    rewritten = 0
+
+    def rewriter(call: Any, _matches: dict) -> Any:
+        nonlocal rewritten
+        a, b = call.args
+        if any(e.ty.dtype != "float32" for e in (a, b, call)):
+            return call
+        try:
+            sa, sb = ([int(d) for d in e.ty.shape] for e in (a, b))
+        except (TypeError, AttributeError):  # symbolic or unknown shapes
+            return call
+        if len(sa) < 2 or len(sb) < 2 or sa[-1] != sb[-2]:
+            return call
+        k, n = sb[-2:]
+        if len(sb) == 2:
+            g, m = 1, int(np.prod(sa[:-1]))
+        elif sa[:-2] == sb[:-2]:
+            g, m = int(np.prod(sa[:-2])), sa[-2]
+        else:
+            return call
+        key = (g, m, k, n)
+        if key not in functions:
+            symbol = f"gemm_{len(functions)}"
+            attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
+            functions[key] = builder.add_func(kernel(*key).with_attrs(attrs), symbol)
+        rewritten += 1
+        out = relax.call_tir(
+            functions[key],
+            [relax.op.reshape(a, (g, m, k)), relax.op.reshape(b, (g, k, n))],
+            out_ty=relax.TensorType((g, m, n), "float32"),
+        )
+        return relax.op.reshape(out, [int(d) for d in call.ty.shape])
+
+    main = rewrite_call(is_op("relax.matmul")(wildcard(), wildcard()), rewriter, mod["main"])
+    mod = builder.get()
+    mod["main"] = main
+    return mod, rewritten

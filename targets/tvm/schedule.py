@@ -1,11 +1,13 @@
 """Schedules for what the kernels leave to TVM, and the Relax pipeline: TVM's default one for the
-target, with (on CPUs) dlight's rules and ours for the functions it leaves unscheduled, and the
-weights lifted out of the code once folded (``params``)."""
+target, with (on CPUs) vectorisable elementwise math (``fastmath``), dlight's rules and ours for
+the functions it leaves unscheduled, and the weights lifted out of the code once folded
+(``params``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from targets.tvm.fastmath import fast_math_pass
 from targets.tvm.params import LiftConstants
 
 
@@ -66,6 +68,7 @@ def relax_pipeline(target: Any, lanes: int, schedule: bool, lift: LiftConstants)
         rules = (dlight.cpu.GEMV(), dlight.cpu.Reduction(), elementwise_rule(lanes))
         with target:
             passes = [
+                *([fast_math_pass()] if schedule else []),
                 *backend.library_dispatch_passes(target),
                 *backend.legalize_passes(target),
                 *([dlight.ApplyDefaultSchedule(*rules)] if schedule else []),
