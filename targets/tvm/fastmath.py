@@ -25,7 +25,8 @@ def _sigmoid(x: Any) -> Any:
 def _tanh_gelu(x: Any) -> Any:  # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
     from tvm import topi
 
-    inner = topi.multiply(topi.add(x, topi.multiply(0.044715, topi.multiply(x, topi.multiply(x, x)))), 0.7978845608028654)
+    cube = topi.multiply(x, topi.multiply(x, x))
+    inner = topi.multiply(topi.add(x, topi.multiply(0.044715, cube)), 0.7978845608028654)
     return topi.multiply(topi.multiply(x, 0.5), topi.add(1.0, topi.fast_tanh(inner)))
 
 

@@ -7,4 +7,14 @@ from targets.tvm.kernels.gemm_cpu import gemm_kernel
 from targets.tvm.kernels.matmul_cpu import kernel
 from targets.tvm.kernels.matmul_gpu import gpu_kernel
 
-__all__ = ["Format", "Packed", "block_fill", "gemm_kernel", "gpu_kernel", "index_dtype", "kernel", "pack", "unpack"]
+__all__ = [
+    "Format",
+    "Packed",
+    "block_fill",
+    "gemm_kernel",
+    "gpu_kernel",
+    "index_dtype",
+    "kernel",
+    "pack",
+    "unpack",
+]

@@ -78,9 +78,10 @@ def gemm_kernel(
             for p in range(k):
                 for r in T.unroll(rows):
                     for v in T.vectorized(panel):
-                        acc[r, v] = acc[r, v] + a[gi, T.min(i0 + r, m - 1), p] * b[
-                            gi, p, T.min(panels * panel + v, n - 1)
-                        ]
+                        acc[r, v] = (
+                            acc[r, v]
+                            + a[gi, T.min(i0 + r, m - 1), p] * b[gi, p, T.min(panels * panel + v, n - 1)]
+                        )
             for r in range(rows):
                 if i0 + r < m:
                     for v in range(tail):
