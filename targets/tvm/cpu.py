@@ -33,7 +33,7 @@ def candidates(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> 
                 formats.append(Format("bsr", block, 4))
         if batch >= 4:  # the batch-inner variant of each format, with fewer accumulators
             inner = [
-                replace(f, unroll=max(1, 2 // f.block[0]), batch_inner=True) for f in formats if f.sparse
+                replace(f, unroll=max(1, 4 // f.block[0]), batch_inner=True) for f in formats if f.sparse
             ]
             formats += list(dict.fromkeys(inner))
         if fp16:

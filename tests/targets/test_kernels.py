@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from targets.tvm import host_target, set_threads
-from targets.tvm.kernels import Format, block_fill, gpu_kernel, kernel, pack, unpack
+from targets.tvm.kernels import Format, block_fill, gemm_kernel, gpu_kernel, kernel, pack, unpack
 
 FORMATS = [
     Format("dense", unroll=1),
@@ -64,7 +64,7 @@ def test_kernel_matches_numpy(fmt: Format) -> None:
     for name, w in WEIGHTS.items():
         if w.shape[1] < fmt.block[1]:
             continue
-        for batch in (1, 3):
+        for batch in (1, 3, 37) if fmt.batch_inner else (1, 3):  # 37: whole panels and a part
             got, expected = run(w, fmt, batch)
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"{name}, batch {batch}")
 
@@ -151,3 +151,31 @@ def test_gpu_kernel_cuda_source_has_vector_loads_and_shuffles(fmt: Format, loads
     assert "__shfl_down_sync((uint)4294967295, acc_ptr[" in source and f", {fmt.threads}))" in source
     assert "__launch_bounds__(128)" in source and "__shared__" not in source
     assert ("blockIdx.y" in source) is not fmt.batch_inner
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 3, 5), (2, 5, 7, 9), (3, 17, 33, 65), (4, 16, 64, 32), (1, 197, 64, 197), (2, 9, 1, 40)],
+    ids=str,
+)
+@pytest.mark.parametrize("flat", [False, True])
+def test_gemm_matches_numpy(shape: tuple[int, int, int, int], flat: bool) -> None:
+    """Rows off the register block, columns off the panel (the clamped tail), a panel wider
+    than ``n``, K = 1; ``flat``: the 2-D form of one product."""
+    import tvm
+
+    g, m, k, n = shape
+    if flat and g != 1:
+        with pytest.raises(ValueError, match="one matrix product"):
+            gemm_kernel(g, m, k, n, lanes=8, flat=True)
+        return
+    set_threads()
+    func = gemm_kernel(g, m, k, n, lanes=8, flat=flat)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(host_target()))
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((g, m, k)).astype(np.float32)
+    b = rng.standard_normal((g, k, n)).astype(np.float32)
+    y = np.full((g, m, n), np.nan, np.float32)
+    args = [tvm.runtime.tensor(t[0] if flat else t) for t in (a, b, y)]
+    lib["main"](*args)
+    np.testing.assert_allclose(args[2].numpy().reshape(g, m, n), a @ b, rtol=1e-5, atol=1e-5)

@@ -145,3 +145,74 @@ def test_kernel_decisions_are_kept_per_device_and_thread_count(
     plain = [Device(f"plain {a}", session=object(), address=a) for a in ("a:9090", "b:9090")]
     assert not choose(plain[0]) and not choose(plain[1]) and choose(plain[0])
     assert len(timed) == 6
+
+
+class Attention(nn.Module):
+    """Self-attention as model code writes it: two matmuls of activations per head, softmax,
+    GELU; a head dimension and a sequence off every vector width."""
+
+    def __init__(self, dim: int = 36, heads: int = 3) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) / (d // self.heads) ** 0.5
+        mixed = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d)
+        return nn.functional.gelu(self.out(mixed)) @ self.out.weight  # and an ``x @ W``
+
+
+def test_attention_matmuls_and_x_at_w_go_through_our_gemm(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = State(module=Attention().eval(), example_inputs=(torch.randn(1, 13, 36),))
+    backend = TvmBackend(measure=False)
+    artifact, runner = backend.build(state, CPU, tmp_path)
+    assert backend.gemms == 3  # Q @ K^T, P @ V, @ W
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+
+
+def test_the_rewrite_leaves_broadcast_matmuls_to_tvm() -> None:
+    from tvm import relax
+
+    from targets.tvm.rewrite import rewrite_gemms
+
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((2, 3, 4), "float32"))
+    b = relax.Var("b", relax.TensorType((1, 4, 5), "float32"))
+    with bb.function("main", [a, b]):
+        bb.emit_func_output(bb.emit(relax.op.matmul(a, b)))
+    mod, rewritten = rewrite_gemms(bb.get(), lambda *shape: pytest.fail("no GEMM for a broadcast"))
+    assert rewritten == 0 and "R.matmul" in mod.script()
+
+
+def test_fast_math_stays_within_float32_rounding_of_torch() -> None:
+    import tvm
+    from tvm import relax
+
+    from targets.tvm.fastmath import fast_math_pass
+
+    x = torch.linspace(-12, 12, 4001)
+    xv = relax.Var("x", relax.TensorType((4001,), "float32"))
+    ops = {
+        "gelu": (relax.op.nn.gelu, nn.functional.gelu),
+        "gelu_tanh": (relax.op.nn.gelu_tanh, lambda t: nn.functional.gelu(t, approximate="tanh")),
+        "sigmoid": (relax.op.sigmoid, torch.sigmoid),
+        "tanh": (relax.op.tanh, torch.tanh),
+        "erf": (relax.op.erf, torch.erf),
+        "softmax": (relax.op.nn.softmax, lambda t: t.softmax(-1)),
+    }
+    for name, (op, reference) in ops.items():
+        bb = relax.BlockBuilder()
+        with bb.function("main", [xv]):
+            bb.emit_func_output(bb.normalize(op(xv)))
+        mod = fast_math_pass()(bb.get())
+        script = mod.script()
+        assert "R.call_tir" in script and f"R.{name}(" not in script and f"R.nn.{name}(" not in script
+        lib = tvm.compile(mod, target="llvm")
+        vm = relax.VirtualMachine(lib, tvm.cpu())
+        got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+        want = reference(x.double()).numpy()
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=name)

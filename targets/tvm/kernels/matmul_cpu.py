@@ -31,7 +31,7 @@ def kernel(packed: Packed, batch: int, lanes: int = 8):
     if packed.format.kind == "dense":
         return _dense_kernel(packed, batch, lanes)
     if packed.format.batch_inner:
-        return _bsr_batch_inner_kernel(packed, batch)
+        return _bsr_batch_inner_kernel(packed, batch, lanes)
     return _bsr_kernel(packed, batch)
 
 
@@ -84,14 +84,26 @@ def _bsr_kernel(packed: Packed, batch: int):
     return bsr_matmul
 
 
-def _bsr_batch_inner_kernel(packed: Packed, batch: int):
-    """Block-sparse for batch > 1: x is transposed once, then each stored value multiplies a
-    contiguous vector of the batch's activations (no gathers per batch row)."""
+def _bsr_batch_inner_kernel(packed: Packed, batch: int, lanes: int):
+    """Block-sparse for batch > 1: each stored value multiplies a panel of ``2 * lanes``
+    consecutive batch rows held in vector registers (``unroll`` x R accumulators of a panel).
+
+    Work items are panels (split into ranges of block rows only when there are fewer panels than
+    ``PANEL_ITEMS``). An item first copies its rows of ``x`` transposed (K x panel, zeros past
+    the batch), which then stays in L1/L2 while the weight's rows pass it; its outputs are
+    collected per ``TILE`` rows and stored to ``y`` transposed, a contiguous run per batch row
+    (a store per value into rows of ``y`` far apart would miss the cache each time).
+    """
     from tvm.script import tirx as T
 
     n, k, r, c, u, nr, slots, vdt, idt = sparse_layout(packed)
-    rows = T.parallel if packed.format.parallel else T.serial
-    per_chunk, chunks = _chunks(nr, packed.format.parallel)
+    panel = lanes if batch <= lanes else VEC * lanes
+    panels = -(-batch // panel)
+    loop = T.parallel if packed.format.parallel else T.serial
+    chunks = -(-PANEL_ITEMS // panels) if packed.format.parallel else 1
+    per_chunk = -(-nr // chunks)
+    chunks = -(-nr // per_chunk)
+    tiles = -(-per_chunk // TILE)
 
     @T.prim_func
     def bsr_matmul_batch_inner(
@@ -102,37 +114,49 @@ def _bsr_batch_inner_kernel(packed: Packed, batch: int):
         y: T.Buffer((batch, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        xt = T.alloc_buffer((k, batch), "float32")
-        for col in range(k):
-            for b in range(batch):
-                xt[col, b] = x[b, col]
-        for chunk in rows(chunks):
-            acc = T.alloc_buffer((u, r, batch), "float32", scope="local")
-            total = T.alloc_buffer((1,), "float32", scope="local")
-            for row in range(T.min(per_chunk, nr - chunk * per_chunk)):
-                br = chunk * per_chunk + row
-                for i0, i1, i2 in T.grid(u, r, batch):
-                    acc[i0, i1, i2] = T.float32(0)
-                for q in range(w_indptr[br + 1] - w_indptr[br]):
-                    p = w_indptr[br] + q
-                    for j in T.unroll(u):
-                        for ir in T.unroll(r):
-                            for ic in T.unroll(c):
-                                for b in T.vectorized(batch):
-                                    acc[j, ir, b] = (
-                                        acc[j, ir, b]
-                                        + T.Cast("float32", w_values[p * u + j, ir, ic])
-                                        * xt[T.Cast("int32", w_indices[p * u + j]) + ic, b]
-                                    )
-                for ir in range(r):
-                    if br * r + ir < n:
-                        for b in range(batch):
-                            total[0] = T.float32(0)
-                            for j in range(u):
-                                total[0] = total[0] + acc[j, ir, b]
-                            y[b, br * r + ir] = total[0]
+        for item in loop(panels * chunks):
+            xt = T.alloc_buffer((k, panel), "float32")
+            tile = T.alloc_buffer((TILE, r, panel), "float32")
+            acc = T.alloc_buffer((u, r, panel), "float32", scope="local")
+            b0 = item // chunks * panel
+            first = item % chunks * per_chunk
+            for col, v in T.grid(k, panel):
+                xt[col, v] = T.if_then_else(b0 + v < batch, x[T.min(b0 + v, batch - 1), col], T.float32(0))
+            for t in range(T.min(tiles, T.ceildiv(T.min(per_chunk, nr - first), TILE))):
+                for row in range(T.min(TILE, T.min(per_chunk, nr - first) - t * TILE)):
+                    br = first + t * TILE + row
+                    for i0, i1, i2 in T.grid(u, r, panel):
+                        acc[i0, i1, i2] = T.float32(0)
+                    for q in range(w_indptr[br + 1] - w_indptr[br]):
+                        p = w_indptr[br] + q
+                        for j in T.unroll(u):
+                            for ir in T.unroll(r):
+                                for ic in T.unroll(c):
+                                    for v in T.vectorized(panel):
+                                        acc[j, ir, v] = (
+                                            acc[j, ir, v]
+                                            + T.Cast("float32", w_values[p * u + j, ir, ic])
+                                            * xt[T.Cast("int32", w_indices[p * u + j]) + ic, v]
+                                        )
+                    # constant indices only: ``acc`` stays in registers
+                    for ir in T.unroll(r):
+                        for v in T.vectorized(panel):
+                            tile[row, ir, v] = acc[0, ir, v]
+                        for j in T.unroll(1, u):
+                            for v in T.vectorized(panel):
+                                tile[row, ir, v] = tile[row, ir, v] + acc[j, ir, v]
+                for v in range(T.min(panel, batch - b0)):
+                    for row in range(T.min(TILE, T.min(per_chunk, nr - first) - t * TILE)):
+                        for ir in range(r):
+                            if (first + t * TILE + row) * r + ir < n:
+                                y[b0 + v, (first + t * TILE + row) * r + ir] = tile[row, ir, v]
 
     return bsr_matmul_batch_inner
+
+
+PANEL_ITEMS = 8
+VEC = 2
+TILE = 64  # block rows whose outputs are stored together
 
 
 def _dense_kernel(packed: Packed, batch: int, lanes: int):
