@@ -46,6 +46,7 @@ def candidates(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> 
 class CpuKernels:
     device_type = "cpu"
     schedule = True
+    direct_conv = True
 
     def candidates(self, weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> list[Format]:
         return candidates(weight, batch, threshold, fp16)

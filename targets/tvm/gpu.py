@@ -139,6 +139,7 @@ def compile_binaries(sources: list[str], folder: Path, target: dict[str, Any]) -
 class GpuKernels:
     device_type = "cuda"
     schedule = False  # TVM's GPU pipeline schedules the rest (dlight)
+    direct_conv = False
 
     def candidates(self, weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> list[Format]:
         return gpu_candidates(weight, batch, threshold, fp16)
