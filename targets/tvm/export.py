@@ -55,5 +55,5 @@ def parameter_names(state: State) -> dict[bytes, str]:
     return {
         weight_digest(p.detach().cpu().numpy()): name
         for name, p in state.module.named_parameters()
-        if p.dim() == 2 and p.dtype == torch.float32
+        if p.dim() in (2, 4) and p.dtype == torch.float32  # linear and convolution weights
     }

@@ -9,25 +9,43 @@ from typing import Any
 import numpy as np
 
 from targets.tvm.export import weight_digest
-from targets.tvm.kernels.conv_cpu import ConvShape, conv_kernel, pack, prepare, supported
+from targets.tvm.kernels.conv_cpu import ConvShape, conv_kernel, pack, prepare_kernel, supported
 from targets.tvm.rewrite import Layer
 
 
-def conv_shape(call: Any, weight: np.ndarray) -> ConvShape | None:
-    """The shape of a ``conv2d`` call the kernel computes, or None to leave it to TVM."""
+def zero_padding(pad: Any) -> tuple[int, int, int, int] | None:
+    """The (top, left, bottom, right) zeros a ``pad`` call adds to an NCHW tensor, or None when it
+    pads otherwise (another mode or value, the batch or channels)."""
+    attrs = pad.attrs
+    widths = [int(v) for v in attrs.pad_width]
+    if (
+        str(attrs.pad_mode) != "constant"
+        or float(attrs.pad_value) != 0.0
+        or len(widths) != 8
+        or any(widths[:4])
+    ):
+        return None
+    return widths[4], widths[6], widths[5], widths[7]
+
+
+def conv_shape(
+    call: Any, weight: np.ndarray, data: Any, extra: tuple[int, ...] = (0, 0, 0, 0)
+) -> ConvShape | None:
+    """The shape of a ``conv2d`` call the kernel computes on ``data`` (padded by ``extra`` first),
+    or None to leave it to TVM."""
     attrs = call.attrs
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
         return None
     if str(attrs.out_dtype) not in ("", "float32") or weight.dtype != np.float32:
         return None
     try:
-        n, c, h, w = (int(d) for d in call.args[0].ty.shape)
+        n, c, h, w = (int(d) for d in data.ty.shape)
     except (TypeError, AttributeError, ValueError):
         return None
     strides, dilation = [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation]
     if n != 1 or len(set(strides)) != 1 or len(set(dilation)) != 1:
         return None
-    padding = tuple(int(v) for v in attrs.padding)
+    padding = tuple(int(v) + e for v, e in zip(attrs.padding, extra, strict=True))
     o, _, kh, kw = weight.shape
     shape = ConvShape(c, h, w, o, (kh, kw), strides[0], padding, dilation[0], int(attrs.groups))  # type: ignore[arg-type]
     return shape if supported(shape) and min(shape.out_size) > 0 else None
@@ -40,14 +58,19 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
 
     names = names or {}
     weight_pattern = is_const()
-    pattern = is_op("relax.nn.conv2d")(wildcard(), weight_pattern)
+    pad_pattern = is_op("relax.nn.pad")(wildcard())  # explicit padding, as TF-style models have
+    pattern = is_op("relax.nn.conv2d")(pad_pattern | wildcard(), weight_pattern)
     builder = relax.BlockBuilder(mod)
     layers: list[Layer] = []
+    preparers: dict[tuple, Any] = {}  # one per input layout; CSE then shares the prepared input
     errors: list[Exception] = []
 
     def rewriter(call: Any, matches: dict) -> Any:
         weight = matches[weight_pattern].value.numpy()
-        shape = conv_shape(call, weight)
+        data, extra = call.args[0], (0, 0, 0, 0)
+        if pad_pattern in matches and (padding := zero_padding(matches[pad_pattern])) is not None:
+            data, extra = matches[pad_pattern].args[0], padding  # the kernel pads as it prepares
+        shape = conv_shape(call, weight, data, extra)
         if shape is None:
             return call
         values, offsets, indptr = pack(weight, shape)
@@ -72,7 +95,15 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
                 symbol=symbol,
             )
         )
-        args = [prepare(call.args[0], shape, lanes), *(relax.const(a) for a in (values, offsets, indptr))]
+        key = (shape.channels, shape.height, shape.width, shape.stride, shape.padding, shape.phase_size)
+        if key not in preparers:
+            name = f"prepare_conv_input_{len(preparers)}"
+            func = prepare_kernel(shape, lanes).with_attrs({**attrs, "global_symbol": name})
+            preparers[key] = builder.add_func(func, name)
+        prepared = relax.call_tir(
+            preparers[key], [data], out_ty=relax.TensorType((shape.prepared_size(lanes),), "float32")
+        )
+        args = [prepared, *(relax.const(a) for a in (values, offsets, indptr))]
         out = relax.call_tir(gvar, args, out_ty=relax.TensorType((o, oh, ow), "float32"))
         return relax.op.reshape(out, (1, o, oh, ow))
 
@@ -88,5 +119,6 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
         raise errors[0]
     mod = builder.get()
     mod["main"] = main
+    mod = relax.transform.EliminateCommonSubexpr()(mod)
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
     return mod, layers

@@ -124,15 +124,15 @@ def conv_kernel(shape: ConvShape, nnz: int, lanes: int, parallel: bool = True) -
         for item in loop(spatial * groups):
             acc = T.alloc_buffer((rt, tw), "float32", scope="local")
             out = T.alloc_buffer((rt, tw), "float32", scope="local")
-            tile = item // groups
-            oh0 = T.min(tile // col_tiles * rt, oh - rt)
-            ow0 = T.min(tile % col_tiles * tw, last_col)
+            tile: T.let = item // groups
+            oh0: T.let = T.min(tile // col_tiles * rt, oh - rt)
+            ow0: T.let = T.min(tile % col_tiles * tw, last_col)
             for oc in range(T.min(per_group, o_ch - item % groups * per_group)):
-                o = item % groups * per_group + oc
+                o: T.let = item % groups * per_group + oc
                 for r, v in T.grid(rt, tw):
                     acc[r, v] = T.float32(0)
                 for q in range(w_indptr[o + 1] - w_indptr[o]):
-                    p = w_indptr[o] + q
+                    p: T.let = w_indptr[o] + q
                     for r in T.unroll(rt):
                         for v in T.vectorized(tw):
                             acc[r, v] = acc[r, v] + w_values[p] * x[w_offsets[p] + (oh0 + r) * w2 + ow0 + v]
@@ -146,22 +146,41 @@ def conv_kernel(shape: ConvShape, nnz: int, lanes: int, parallel: bool = True) -
     return conv
 
 
-def prepare(x: Any, shape: ConvShape, lanes: int) -> Any:
-    """The Relax expression of the prepared input of ``x`` (1 x C x H x W): padded, split into
-    the stride's phases (C x s x s x H2 x W2), flat, with a tile row of zeros after it."""
-    from tvm import relax
+def prepare_kernel(shape: ConvShape, lanes: int) -> Any:
+    """The TIR function preparing the input of ``conv_kernel`` from ``x`` (1 x C x H x W): padded,
+    split into the stride's ``s x s`` phases (C x s x s x H2 x W2), flat, a tile row of zeros
+    after it. Each output row is a run of zeros, a copy and zeros, with bounds computed per row
+    (no test per element), in parallel over the rows."""
+    from tvm.script import tirx as T
 
-    s = shape.stride
-    top, left, bottom, right = shape.padding
+    c, h, w, s = shape.channels, shape.height, shape.width, shape.stride
+    top, left = shape.padding[:2]
     h2, w2 = shape.phase_size
-    c = shape.channels
-    bottom += h2 * s - (shape.height + top + bottom)  # whole phases
-    right += w2 * s - (shape.width + left + right)
-    out = relax.op.reshape(x, (c, shape.height, shape.width))
-    if top or left or bottom or right:
-        out = relax.op.nn.pad(out, [0, 0, top, bottom, left, right])
-    if s > 1:
-        out = relax.op.reshape(out, (c, h2, s, w2, s))
-        out = relax.op.permute_dims(out, [0, 2, 4, 1, 3])
-    out = relax.op.reshape(out, (c * s * s * h2 * w2,))
-    return relax.op.nn.pad(out, [0, shape.tile(lanes)[1]])
+    rows = c * s * s * h2
+    size = shape.prepared_size(lanes)
+
+    @T.prim_func(check_well_formed=False)  # a root block around loops that are not blocks
+    def prepare_conv_input(x: T.Buffer((1, c, h, w), "float32"), out: T.Buffer((size,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):  # Relax inspects a one-input function for a reshape in its root block
+            for row in T.parallel(rows):
+                ch: T.let = row // (s * s * h2)
+                pi: T.let = row // (s * h2) % s
+                pj: T.let = row // h2 % s
+                src: T.let = row % h2 * s + pi - top  # the input row it holds
+                lo: T.let = T.min(T.max((left - pj + s - 1) // s, 0), w2)  # its first and last input column
+                hi: T.let = T.max(T.min((w + left - pj + s - 1) // s, w2), lo)
+                if src >= 0 and src < h:
+                    for col in range(lo):
+                        out[row * w2 + col] = T.float32(0)
+                    for col in range(hi - lo):
+                        out[row * w2 + lo + col] = x[0, ch, src, (lo + col) * s + pj - left]
+                    for col in range(w2 - hi):
+                        out[row * w2 + hi + col] = T.float32(0)
+                else:
+                    for col in range(w2):
+                        out[row * w2 + col] = T.float32(0)
+            for col in range(size - rows * w2):
+                out[rows * w2 + col] = T.float32(0)
+
+    return prepare_conv_input

@@ -55,10 +55,10 @@ def gemm_kernel(
         for chunk in main_loop(chunks):
             acc = T.alloc_buffer((rows, panel), "float32", scope="local")
             for t in range(T.min(per, items - chunk * per)):
-                item = chunk * per + t
-                gi = item // per_g
-                j0 = item % per_g // blocks * panel
-                i0 = item % blocks * rows
+                item: T.let = chunk * per + t
+                gi: T.let = item // per_g
+                j0: T.let = item % per_g // blocks * panel
+                i0: T.let = item % blocks * rows
                 for r, v in T.grid(rows, panel):
                     acc[r, v] = T.float32(0)
                 for p in range(k):
@@ -71,8 +71,8 @@ def gemm_kernel(
                             y[gi, i0 + r, j0 + v] = acc[r, v]
         for item in tail_loop(tail_items):
             acc = T.alloc_buffer((rows, panel), "float32", scope="local")
-            gi = item // blocks
-            i0 = item % blocks * rows
+            gi: T.let = item // blocks
+            i0: T.let = item % blocks * rows
             for r, v in T.grid(rows, panel):
                 acc[r, v] = T.float32(0)
             for p in range(k):

@@ -60,12 +60,12 @@ def _bsr_kernel(packed: Packed, batch: int):
             acc = T.alloc_buffer((u, r, c), "float32", scope="local")
             total = T.alloc_buffer((1,), "float32", scope="local")
             for row in range(T.min(per_chunk, nr - chunk * per_chunk)):
-                br = chunk * per_chunk + row
+                br: T.let = chunk * per_chunk + row
                 for b in range(batch):
                     for i0, i1, i2 in T.grid(u, r, c):
                         acc[i0, i1, i2] = T.float32(0)
                     for q in range(w_indptr[br + 1] - w_indptr[br]):
-                        p = w_indptr[br] + q
+                        p: T.let = w_indptr[br] + q
                         for j in loop_u(u):
                             for ir in loop_r(r):
                                 for ic in loop_c(c):
@@ -118,17 +118,17 @@ def _bsr_batch_inner_kernel(packed: Packed, batch: int, lanes: int):
             xt = T.alloc_buffer((k, panel), "float32")
             tile = T.alloc_buffer((TILE, r, panel), "float32")
             acc = T.alloc_buffer((u, r, panel), "float32", scope="local")
-            b0 = item // chunks * panel
-            first = item % chunks * per_chunk
+            b0: T.let = item // chunks * panel
+            first: T.let = item % chunks * per_chunk
             for col, v in T.grid(k, panel):
                 xt[col, v] = T.if_then_else(b0 + v < batch, x[T.min(b0 + v, batch - 1), col], T.float32(0))
             for t in range(T.min(tiles, T.ceildiv(T.min(per_chunk, nr - first), TILE))):
                 for row in range(T.min(TILE, T.min(per_chunk, nr - first) - t * TILE)):
-                    br = first + t * TILE + row
+                    br: T.let = first + t * TILE + row
                     for i0, i1, i2 in T.grid(u, r, panel):
                         acc[i0, i1, i2] = T.float32(0)
                     for q in range(w_indptr[br + 1] - w_indptr[br]):
-                        p = w_indptr[br] + q
+                        p: T.let = w_indptr[br] + q
                         for j in T.unroll(u):
                             for ir in T.unroll(r):
                                 for ic in T.unroll(c):
@@ -181,7 +181,7 @@ def _dense_kernel(packed: Packed, batch: int, lanes: int):
             acc = T.alloc_buffer((bb, width), "float32", scope="local")
             total = T.alloc_buffer((1,), "float32", scope="local")
             for row in range(T.min(per_chunk, n - chunk * per_chunk)):
-                i = chunk * per_chunk + row
+                i: T.let = chunk * per_chunk + row
                 for b0 in range(batch // bb):
                     for b1, v in T.grid(bb, width):
                         acc[b1, v] = T.float32(0)

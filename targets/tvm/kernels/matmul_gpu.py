@@ -46,10 +46,10 @@ def gpu_kernel(packed: Packed, batch: int, threads: bool = True):
         for bb, ir in T.grid(bt, r):
             acc[bb, ir] = T.float32(0)
         if row < nr:
-            start = w_indptr[row]
-            count = w_indptr[row + 1] - start
+            start: T.let = w_indptr[row]
+            count: T.let = w_indptr[row + 1] - start
             for t in range((count + lanes - 1 - lane) // lanes):
-                chunk = start + lane + t * lanes
+                chunk: T.let = start + lane + t * lanes
                 for j0 in range(u // ivec):
                     for j1 in T.vectorized(ivec):
                         idx[j0 * ivec + j1] = w_indices[chunk * u + j0 * ivec + j1]

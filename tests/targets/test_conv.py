@@ -1,0 +1,78 @@
+"""Convolutions through the direct-convolution kernel, against torch: odd shapes, every stride,
+padding, dilation and grouping the rewrite takes, and the forms it leaves to TVM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from compressor import State
+from targets.base import Compiled
+from targets.cpu import CPU
+from targets.tvm import TvmBackend
+
+CONVS = {  # (in, out, kernel, stride, padding, dilation, groups), input size
+    "3x3": ((3, 5, 3, 1, 1, 1, 1), (9, 11)),
+    "3x3-stride2": ((4, 6, 3, 2, 1, 1, 1), (10, 13)),
+    "3x3-dilated": ((8, 8, 3, 1, 2, 2, 1), (13, 7)),
+    "depthwise": ((6, 6, 3, 1, 1, 1, 6), (12, 12)),
+    "depthwise-stride2": ((10, 10, 3, 2, 1, 1, 10), (17, 16)),
+    "grouped-5x5-stride2": ((6, 12, 5, 2, 2, 1, 3), (15, 15)),
+    "7x7-stride2": ((3, 7, 7, 2, 3, 1, 1), (20, 21)),
+    "1x1": ((16, 24, 1, 1, 0, 1, 1), (7, 7)),
+    "1x1-stride2": ((9, 5, 1, 2, 0, 1, 1), (8, 9)),
+    "3x3-stride3": ((2, 3, 3, 3, 2, 1, 1), (9, 9)),
+    "narrow": ((5, 3, 3, 1, 0, 1, 1), (4, 4)),  # a 2x2 output: one tile narrower than a vector
+}
+
+
+def conv_state(args: tuple[int, ...], size: tuple[int, int], sparsity: float) -> State:
+    c, o, k, s, p, d, g = args
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c, o, k, stride=s, padding=p, dilation=d, groups=g)
+    with torch.no_grad():
+        w = conv.weight
+        w[torch.rand(w.shape) < sparsity] = 0
+        w[0] = 0  # an output channel with no weights
+        w[-1] = torch.randn(w.shape[1:])  # a fully dense one
+    return State(module=nn.Sequential(conv, nn.ReLU()).eval(), example_inputs=(torch.randn(1, c, *size),))
+
+
+@pytest.mark.parametrize("name", list(CONVS))
+@pytest.mark.parametrize("sparsity", [0.0, 0.8])
+def test_conv_kernel_matches_torch(tmp_path: Path, name: str, sparsity: float) -> None:
+    state = conv_state(*CONVS[name], sparsity)
+    artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
+    k = CONVS[name][0][2]
+    assert [layer["format"].split("-")[0] for layer in runner.layers] == [f"conv{k}x{k}"]
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+
+
+def test_explicit_zero_padding_is_absorbed_into_the_convolution(tmp_path: Path) -> None:
+    """TF-style models pad with their own op before a padding-free convolution."""
+    from targets.tvm.export import export_relax
+    from targets.tvm.rewrite_conv import rewrite_convs
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 4, 3, stride=2)).eval()
+    state = State(module=module, example_inputs=(torch.randn(1, 3, 12, 12),))
+    before = export_relax(state)
+    after, layers = rewrite_convs(before, lanes=8)
+    assert "R.nn.pad" in before.script() and "R.nn.pad" not in after.script() and len(layers) == 1
+    artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-5
+
+
+def test_forms_the_kernel_does_not_take_are_left_to_tvm(tmp_path: Path) -> None:
+    """A batch of two, and dilation with a stride: TVM's own convolution, still verified."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, dilation=2)).eval()
+    for inputs in ((torch.randn(2, 3, 11, 11),), (torch.randn(1, 3, 11, 11),)):
+        state = State(module=module, example_inputs=inputs)
+        artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path / str(len(inputs[0])))
+        formats = [layer["format"] for layer in runner.layers]
+        assert formats == ([] if len(inputs[0]) == 2 else ["conv3x3"])
+        assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
