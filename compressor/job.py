@@ -9,6 +9,7 @@ import contextlib
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,8 @@ class Built:
     backend: str
     compiled: Any
     dense: Any = None
+    build_s: float = 0.0  # lowering (kernel choice included) of the compressed model
+    dense_build_s: float | None = None
 
 
 def run_job(job: Job, ui: UI | None = None) -> dict[str, Any]:
@@ -297,18 +300,22 @@ def build(
     from targets.bundle import write_bundle
 
     with ui.step(f"{target}/{backend}: lowering and verifying"):
+        start = time.perf_counter()
         compiled = targets.lower(final, target, backend, out / f"{target}-{backend}", device)
+        build_s = time.perf_counter() - start
         if compiled.target.rpc:  # runs elsewhere: the bundle goes with it
             write_bundle(compiled, seed=job.seed)
         compiled.verify(seed=job.seed)
         compiled.release()
-    built = Built(backend, compiled)
+    built = Built(backend, compiled, build_s=build_s)
     if job.measure:
         with ui.step(f"{target}/{backend}: lowering and verifying the unpruned model"):
             try:
+                start = time.perf_counter()
                 built.dense = targets.lower(
                     original, target, backend, Path(scratch) / f"{target}-{backend}", device
                 )
+                built.dense_build_s = time.perf_counter() - start
                 built.dense.verify(seed=job.seed)
             except (LoweringError, VerificationError) as e:
                 raise type(e)(f"the unpruned model: {e}") from None
@@ -348,6 +355,8 @@ def entry(built: Built, timed: dict[str, Any], untimed: dict[str, str], out: Pat
         timed.get(f"{built.backend} dense"),
         built.dense.nbytes if built.dense else None,
     )
+    result["build_s"] = round(built.build_s, 2)
+    result["dense_build_s"] = None if built.dense_build_s is None else round(built.dense_build_s, 2)
     errors = [f"{name}: {why}" for name, why in untimed.items() if name.split(" ")[0] == built.backend]
     if errors:
         result["timing_error"] = "; ".join(errors)

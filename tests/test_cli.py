@@ -94,6 +94,7 @@ def test_demo_writes_a_verified_measured_report(zoo: Path, tmp_path: Path) -> No
                 entry[key]["runs"] >= 30 and entry[key]["median"] > 0 and len(entry[key]["turn_medians"]) == 3
             )
         assert (out / entry["artifact"]).is_file()
+        assert entry["build_s"] > 0 and entry["dense_build_s"] > 0
     fastest = min(report["targets"], key=lambda e: e["latency_ms"]["median"])
     assert report["chosen"]["cpu"]["backend"] == fastest["backend"]
     assert report["run"] in (out / ".compress-output").read_text() and (out / "log.txt").is_file()

@@ -17,7 +17,7 @@ from targets.tvm.export import export_relax, parameter_names
 from targets.tvm.library import pack_imports
 from targets.tvm.params import LiftConstants
 from targets.tvm.rewrite import Layer, count_calls, rewrite_gemms, rewrite_matmuls
-from targets.tvm.rewrite_conv import rewrite_convs
+from targets.tvm.rewrite_conv import fold_batch_norms, rewrite_convs
 from targets.tvm.schedule import relax_pipeline
 
 
@@ -80,6 +80,7 @@ class TvmBackend:
                 if (gemm := spec.kernels.gemm(tvm_target)) is not None:
                     module, self.gemms = rewrite_gemms(module, gemm)
                 if spec.kernels.direct_conv:
+                    module = fold_batch_norms(module, names)
                     module, convs = rewrite_convs(module, vector_lanes(tvm_target), names)
                     self.layers += convs
             target_obj = tvm.target.Target(tvm_target)

@@ -51,6 +51,37 @@ def conv_shape(
     return shape if supported(shape) and min(shape.out_size) > 0 else None
 
 
+def fold_batch_norms(mod: Any, names: dict[bytes, str] | None = None) -> Any:
+    """Fold each inference ``batch_norm`` of a ``conv2d`` with a constant weight into the weight
+    (scaled per output channel; zeros stay zeros) and a bias added after it. ``names`` (by
+    ``weight_digest``) learns the folded weights' names."""
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, is_tuple_get_item, rewrite_call, wildcard
+
+    weight, stats = is_const(), [is_const() for _ in range(4)]
+    conv = is_op("relax.nn.conv2d")(wildcard(), weight)
+    norm = is_op("relax.nn.batch_norm")(conv, *stats)
+    pattern = is_tuple_get_item(norm, 0)
+
+    def rewriter(call: Any, matches: dict) -> Any:
+        attrs = matches[norm].attrs
+        w = matches[weight].value.numpy()
+        gamma, beta, mean, var = (matches[p].value.numpy().astype(np.float64) for p in stats)
+        if bool(attrs.training) or int(attrs.axis) != 1 or w.dtype != np.float32:
+            return call
+        scale = (gamma if attrs.scale else 1.0) / np.sqrt(var + float(attrs.epsilon))
+        shift = (beta if attrs.center else 0.0) - mean * scale
+        folded = (w * scale.reshape(-1, 1, 1, 1)).astype(np.float32)
+        if names is not None and (name := names.get(weight_digest(w))) is not None:
+            names[weight_digest(folded)] = name
+        original = matches[conv]
+        out = relax.Call(original.op, [original.args[0], relax.const(folded)], original.attrs)
+        return relax.op.add(out, relax.const(shift.astype(np.float32).reshape(1, -1, 1, 1)))
+
+    mod["main"] = rewrite_call(pattern, rewriter, mod["main"])
+    return relax.transform.DeadCodeElimination(["main"])(mod)
+
+
 def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -> tuple[Any, list[Layer]]:
     """Replace each supported ``conv2d(x, const W)`` in ``main``; the layers, for the report."""
     from tvm import relax
@@ -95,14 +126,16 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
                 symbol=symbol,
             )
         )
-        key = (shape.channels, shape.height, shape.width, shape.stride, shape.padding, shape.phase_size)
-        if key not in preparers:
-            name = f"prepare_conv_input_{len(preparers)}"
-            func = prepare_kernel(shape, lanes).with_attrs({**attrs, "global_symbol": name})
-            preparers[key] = builder.add_func(func, name)
-        prepared = relax.call_tir(
-            preparers[key], [data], out_ty=relax.TensorType((shape.prepared_size(lanes),), "float32")
-        )
+        if shape.reads_input_as_is(lanes):
+            prepared = relax.op.reshape(data, (shape.prepared_size(lanes),))
+        else:
+            key = (shape.channels, shape.height, shape.width, shape.stride, shape.padding)
+            if key not in preparers:
+                name = f"prepare_conv_input_{len(preparers)}"
+                func = prepare_kernel(shape, lanes).with_attrs({**attrs, "global_symbol": name})
+                preparers[key] = builder.add_func(func, name)
+            size = shape.prepared_size(lanes)
+            prepared = relax.call_tir(preparers[key], [data], out_ty=relax.TensorType((size,), "float32"))
         args = [prepared, *(relax.const(a) for a in (values, offsets, indptr))]
         out = relax.call_tir(gvar, args, out_ty=relax.TensorType((o, oh, ow), "float32"))
         return relax.op.reshape(out, (1, o, oh, ow))

@@ -5,6 +5,7 @@ the functions it leaves unscheduled, and the weights lifted out of the code once
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from targets.tvm.fastmath import fast_math_pass
@@ -13,7 +14,8 @@ from targets.tvm.params import LiftConstants
 
 def elementwise_rule(lanes: int) -> Any:
     """A dlight rule for elementwise functions (TVM's CPU pipeline leaves them serial and
-    scalar): fuse the loops, vectorise by ``lanes``, run in parallel when large."""
+    scalar): the innermost loop vectorised by ``lanes``, the outer ones fused and run in
+    parallel when the function is large."""
     from tvm import s_tir
     from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import ScheduleRule, get_extent
@@ -33,17 +35,26 @@ def elementwise_rule(lanes: int) -> Any:
         except Exception:
             return None
         loops = sch.get_loops(blocks[-1].block_rv)
-        if not loops:
+        extents = [get_extent(sch, loop) for loop in loops]
+        if not loops or not all(isinstance(e, int) for e in extents):
             return None
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        extent = get_extent(sch, fused)
-        if not isinstance(extent, int):
-            return None
-        outer = fused
-        if extent >= 2 * lanes and extent % lanes == 0:
-            outer, inner = sch.split(fused, [None, lanes])
-            sch.vectorize(inner)
-        if extent >= PARALLEL_ELEMENTS:
+        # The innermost loop (with the one outside it while it is shorter than a vector) stays a
+        # loop of its own, vectorised by ``lanes`` when they divide it (else by LLVM): fusing
+        # every loop into one made each lane decode its broadcast indices by division.
+        inner = len(loops) - 1
+        while inner > 0 and math.prod(extents[inner:]) < lanes:
+            inner -= 1
+        total = math.prod(extents)
+        width = math.prod(extents[inner:])
+        body = sch.fuse(*loops[inner:]) if len(loops) - inner > 1 else loops[inner]
+        if width >= 2 * lanes and width % lanes == 0:
+            _, vector = sch.split(body, [None, lanes])
+            sch.vectorize(vector)
+        if inner > 0 and total >= PARALLEL_ELEMENTS:
+            outer = sch.fuse(*loops[:inner]) if inner > 1 else loops[0]
+            sch.parallel(outer)
+        elif inner == 0 and total >= PARALLEL_ELEMENTS:
+            outer, _ = sch.split(sch.get_loops(blocks[-1].block_rv)[0], [PARALLEL_CHUNKS, None])
             sch.parallel(outer)
         return sch
 
@@ -51,6 +62,7 @@ def elementwise_rule(lanes: int) -> Any:
 
 
 PARALLEL_ELEMENTS = 1 << 16  # elementwise functions this large run on every core
+PARALLEL_CHUNKS = 64  # the parallel items of a one-loop elementwise function
 
 
 def relax_pipeline(target: Any, lanes: int, schedule: bool, lift: LiftConstants) -> Any:

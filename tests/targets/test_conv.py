@@ -22,7 +22,8 @@ CONVS = {  # (in, out, kernel, stride, padding, dilation, groups), input size
     "depthwise-stride2": ((10, 10, 3, 2, 1, 1, 10), (17, 16)),
     "grouped-5x5-stride2": ((6, 12, 5, 2, 2, 1, 3), (15, 15)),
     "7x7-stride2": ((3, 7, 7, 2, 3, 1, 1), (20, 21)),
-    "1x1": ((16, 24, 1, 1, 0, 1, 1), (7, 7)),
+    "1x1": ((16, 24, 1, 1, 0, 1, 1), (7, 7)),  # narrower than a vector: prepared
+    "1x1-as-is": ((12, 10, 1, 1, 0, 1, 1), (5, 19)),  # read as is, the last tile shifted left
     "1x1-stride2": ((9, 5, 1, 2, 0, 1, 1), (8, 9)),
     "3x3-stride3": ((2, 3, 3, 3, 2, 1, 1), (9, 9)),
     "narrow": ((5, 3, 3, 1, 0, 1, 1), (4, 4)),  # a 2x2 output: one tile narrower than a vector
@@ -76,3 +77,30 @@ def test_forms_the_kernel_does_not_take_are_left_to_tvm(tmp_path: Path) -> None:
         formats = [layer["format"] for layer in runner.layers]
         assert formats == ([] if len(inputs[0]) == 2 else ["conv3x3"])
         assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+
+
+def test_batch_norm_is_folded_into_the_pruned_weight(tmp_path: Path) -> None:
+    """Scaling a weight per output channel keeps its zeros: the kernel stores as many values."""
+    from targets.tvm.export import export_relax, parameter_names
+    from targets.tvm.rewrite_conv import fold_batch_norms
+
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+    with torch.no_grad():
+        conv.weight[torch.rand(conv.weight.shape) < 0.7] = 0
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.uniform_(0.5, 2)
+    state = State(
+        module=nn.Sequential(conv, norm, nn.ReLU()).eval(), example_inputs=(torch.randn(1, 4, 9, 9),)
+    )
+    names = parameter_names(state)
+    module = export_relax(state)
+    assert "R.nn.batch_norm" in module.script()
+    folded = fold_batch_norms(module, names)
+    assert "R.nn.batch_norm" not in folded.script()
+    assert len(names) == 2 and set(names.values()) == {"0.weight"}  # the folded weight keeps its name
+    artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
+    (layer,) = runner.layers
+    assert layer["name"] == "0.weight" and layer["sparsity"] == round(
+        float((conv.weight == 0).float().mean()), 4
+    )
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4

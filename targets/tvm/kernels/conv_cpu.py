@@ -58,14 +58,22 @@ class ConvShape:
         every channel (C x (RT + KH - 1) x (TW + KW - 1) floats) in L1 while all output
         channels pass it; wide row tiles measured 2x slower."""
         oh, ow = self.out_size
-        tw = min(-(-ow // lanes), 2) * lanes
+        tw = 2 * lanes if ow >= 2 * lanes else lanes
         return min(oh, VECTORS // (tw // lanes)), tw
+
+    def reads_input_as_is(self, lanes: int) -> bool:
+        """A 1x1 convolution of stride 1 without padding whose tiles fit in its rows reads the
+        input itself: no copy is prepared."""
+        return (
+            self.kernel == (1, 1) and self.stride == 1 and not any(self.padding) and self.out_size[1] >= lanes
+        )
 
     def prepared_size(self, lanes: int) -> int:
         """Floats of the prepared input: every phase plane, and one tile row of zeros after them
         (a tile wider than the output reads past the last row)."""
         h2, w2 = self.phase_size
-        return self.channels * self.stride**2 * h2 * w2 + self.tile(lanes)[1]
+        slack = 0 if self.reads_input_as_is(lanes) else self.tile(lanes)[1]
+        return self.channels * self.stride**2 * h2 * w2 + slack
 
 
 def supported(shape: ConvShape) -> bool:
