@@ -95,6 +95,26 @@ def bert(
     return model, (ids,)
 
 
+def gpt2(
+    layers: int = 2, hidden: int = 64, heads: int = 2, seq: int = 16, vocab: int = 500, seed: int = 0
+) -> Built:
+    """A GPT-2-style decoder (its Conv1D layers compute ``x @ W + b``; its key/value cache
+    starts from an empty tensor) returning the logits for ``seq`` token ids."""
+    tf = _transformers()
+    torch.manual_seed(seed)
+    config = tf.GPT2Config(
+        n_layer=layers,
+        n_embd=hidden,
+        n_head=heads,
+        vocab_size=vocab,
+        n_positions=max(64, seq),
+        attn_implementation="eager",
+    )
+    model = Logits(tf.GPT2LMHeadModel(config)).eval()
+    ids = torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(seed))
+    return model, (ids,)
+
+
 def mobilenet_v2(image: int = 224, classes: int = 1000, seed: int = 0) -> Built:
     tf = _transformers()
     torch.manual_seed(seed)

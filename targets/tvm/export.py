@@ -1,7 +1,9 @@
 """``torch.export`` -> Relax, and the names of the weights the rewrite sees as constants.
 
-The Relax torch frontend miscomputes negative indices (``x[:, -1]`` becomes an out-of-bounds
-``take``), so they are made positive in the exported graph first; every artifact is verified.
+Two fixes to the exported graph first, for what the Relax torch frontend gets wrong: negative
+indices (``x[:, -1]`` becomes an out-of-bounds ``take``) are made positive, and the empty 1-D
+tensors a key/value cache starts from (GPT-2: ``cat([tensor([]), keys], -2)``, which torch
+allows and Relax rejects) are dropped from ``cat``. Every artifact is verified.
 """
 
 from __future__ import annotations
@@ -30,6 +32,26 @@ def positive_indices(program: torch.export.ExportedProgram) -> torch.export.Expo
     return program
 
 
+def drop_empty_concat_inputs(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Remove the empty 1-D operands of each ``cat`` (torch skips them), in place; a ``cat`` left
+    with one operand becomes that operand."""
+    graph = program.graph
+    for node in list(graph.nodes):
+        if node.target is not torch.ops.aten.cat.default:
+            continue
+        tensors = node.args[0]
+        kept = [t for t in tensors if not (t.meta["val"].dim() == 1 and t.meta["val"].numel() == 0)]
+        if len(kept) == len(tensors) or not kept:
+            continue
+        if len(kept) == 1 and kept[0].meta["val"].shape == node.meta["val"].shape:
+            node.replace_all_uses_with(kept[0])
+        else:
+            node.update_arg(0, kept)
+    graph.eliminate_dead_code()
+    program.graph_module.recompile()
+    return program
+
+
 def export_relax(state: State, fix_indices: bool = True) -> Any:
     from tvm.relax.frontend.torch import from_exported_program
 
@@ -39,6 +61,7 @@ def export_relax(state: State, fix_indices: bool = True) -> Any:
         program = torch.export.export(state.module, state.example_inputs)
         if fix_indices:
             positive_indices(program)
+        drop_empty_concat_inputs(program)
         return from_exported_program(program, keep_params_as_input=False)
 
 

@@ -1,7 +1,8 @@
-"""The Relax rewrites: each ``matmul(x, permute_dims(W))`` with a constant weight — linear layers
-and each unrolled step of an LSTM/GRU/RNN — becomes a ``call_tir`` to the kernel chosen for it
-(``rewrite_matmuls``); the matmuls left over — attention's, whose operands are both activations,
-and ``x @ W`` — become calls to a GEMM kernel (``rewrite_gemms``)."""
+"""The Relax rewrites: each ``matmul(x, permute_dims(W))`` or ``matmul(x, W)`` with a constant
+weight — linear layers, GPT-2's Conv1D, and each unrolled step of an LSTM/GRU/RNN — becomes a
+``call_tir`` to the kernel chosen for it (``rewrite_matmuls``); the matmuls left over —
+attention's, whose operands are both activations — become calls to a GEMM kernel
+(``rewrite_gemms``)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def rewrite_matmuls(
     names: dict[bytes, str] | None = None,
     label: Callable[[Format], str] = lambda fmt: fmt.name,
 ) -> tuple[Any, list[Layer]]:
-    """Replace each ``matmul(x, permute_dims(const W))`` in ``main`` with a kernel call.
+    """Replace each ``matmul(x, permute_dims(const W))`` and ``matmul(x, const W)`` in ``main``
+    with a kernel call.
 
     ``choose`` picks the format per (weight, batch); ``build`` makes its TIR function, or None
     to keep the matmul for TVM's own schedule. One kernel is built per (weight, batch); the
@@ -67,23 +69,27 @@ def rewrite_matmuls(
     names = names or {}
     weight_pattern = is_const()
     transpose_pattern = is_op("relax.permute_dims")(weight_pattern)
-    pattern = is_op("relax.matmul")(wildcard(), transpose_pattern)
+    pattern = is_op("relax.matmul")(wildcard(), transpose_pattern | weight_pattern)
     kernels: dict[tuple[bytes, int], tuple[Any, list[Any], Layer]] = {}
     builder = relax.BlockBuilder(mod)
 
     def rewriter(call: Any, matches: dict) -> Any:
         x = call.args[0]
-        axes = matches[transpose_pattern].attrs.axes
-        if axes is not None and [int(a) for a in axes] != [1, 0]:
+        if transpose_pattern in matches:  # x @ W.T: a linear layer's weight (N x K)
+            axes = matches[transpose_pattern].attrs.axes
+            if axes is not None and [int(a) for a in axes] != [1, 0]:
+                return call
+        constant = matches[weight_pattern].value.numpy()
+        if constant.ndim != 2 or constant.dtype != np.float32 or call.ty.dtype != "float32":
             return call
-        weight = matches[weight_pattern].value.numpy()
-        if weight.ndim != 2 or weight.dtype != np.float32 or call.ty.dtype != "float32":
-            return call
+        # x @ W (GPT-2's Conv1D stores K x N): the kernels take it transposed
+        weight = constant if transpose_pattern in matches else np.ascontiguousarray(constant.T)
         shape = [int(d) for d in x.ty.shape]
         n, k = weight.shape
+        if len(shape) < 2 or shape[-1] != k:
+            return call
         batch = int(np.prod(shape[:-1]))
-        digest = weight_digest(weight)
-        key = (digest, batch)
+        key = (weight_digest(weight), batch)  # W and W.T of one parameter are two kernels
         if key not in kernels:
             choice = choose(weight, batch)
             packed: Packed = pack(weight, choice.format)
@@ -94,7 +100,7 @@ def rewrite_matmuls(
             func = build(packed, batch)
             gvar = None if func is None else builder.add_func(func.with_attrs(attrs), symbol)
             layer = Layer(
-                name=names.get(digest, f"weight{len(kernels)}"),
+                name=names.get(weight_digest(constant), f"weight{len(kernels)}"),
                 shape=(n, k),
                 batch=batch,
                 sparsity=round(1.0 - np.count_nonzero(weight) / weight.size, 4),

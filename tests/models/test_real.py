@@ -59,3 +59,16 @@ def test_a_bert_style_encoder_lowers_and_verifies_on_both_backends(tmp_path: Pat
     artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path / "tvm")  # kernels by rule
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
     assert {k["format"][:3] for k in runner.layers} == {"csr"}  # every linear layer went sparse
+
+
+def test_a_gpt2_style_model_lowers_with_its_conv1d_layers_through_our_kernels(tmp_path: Path) -> None:
+    """Its key/value cache starts from an empty 1-D tensor (which Relax's concat rejected), and
+    its Conv1D layers compute ``x @ W + b``."""
+    module, inputs = real.gpt2(layers=2, hidden=64, heads=2, seq=16, vocab=500)
+    state = (
+        MagnitudePrune(sparsity=0.8).apply(State(module=module, example_inputs=inputs), PassContext()).state
+    )
+    artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
+    names = [layer["name"] for layer in runner.layers]
+    assert sum(".attn.c_attn." in n or ".mlp.c_fc." in n for n in names) == 4
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4

@@ -165,12 +165,14 @@ class Attention(nn.Module):
         return nn.functional.gelu(self.out(mixed)) @ self.out.weight  # and an ``x @ W``
 
 
-def test_attention_matmuls_and_x_at_w_go_through_our_gemm(tmp_path: Path) -> None:
+def test_attention_matmuls_go_through_our_gemm_and_x_at_w_through_the_weight_kernels(tmp_path: Path) -> None:
     torch.manual_seed(0)
     state = State(module=Attention().eval(), example_inputs=(torch.randn(1, 13, 36),))
     backend = TvmBackend(measure=False)
     artifact, runner = backend.build(state, CPU, tmp_path)
-    assert backend.gemms == 3  # Q @ K^T, P @ V, @ W
+    assert backend.gemms == 2  # Q @ K^T and P @ V
+    # qkv and out as x @ W.T, and out's weight once more as x @ W: the kernel takes it transposed
+    assert [tuple(layer["shape"]) for layer in runner.layers] == [(108, 36), (36, 36), (36, 36)]
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
 
 
