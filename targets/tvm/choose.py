@@ -20,7 +20,7 @@ from targets.tvm.cpu import CPU_KERNELS
 from targets.tvm.devices import Kernels, set_threads
 from targets.tvm.kernels import Format, Packed, pack
 
-CACHE_VERSION = 3  # bump when the kernels change: cached timings are of the old ones
+CACHE_VERSION = 4  # bump when the kernels change: cached timings are of the old ones
 
 
 @dataclass

@@ -25,6 +25,8 @@ def candidates(weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> 
     formats = [Format("dense", unroll=u) for u in (1, 2, 4)]
     if batch % 4 == 0:
         formats += [Format("dense", unroll=u, batch_block=4) for u in (1, 2)]
+    if batch >= 4:  # a matrix of activations: the register-blocked GEMM
+        formats.append(Format("gemm"))
     sparsity = 1.0 - np.count_nonzero(weight) / weight.size
     if sparsity >= threshold:
         formats += [Format("bsr", (1, 1), 4), Format("bsr", (1, 1), 8)]

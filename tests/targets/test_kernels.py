@@ -12,6 +12,8 @@ FORMATS = [
     Format("dense", unroll=1),
     Format("dense", unroll=2, batch_block=3),
     Format("dense", unroll=1, parallel=False),
+    Format("gemm"),
+    Format("gemm", parallel=False),
     Format("bsr", (1, 1), 4),
     Format("bsr", (1, 1), 8, parallel=False),
     Format("bsr", (1, 4), 4),

@@ -17,7 +17,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Format:
-    """How a weight is stored and multiplied. ``kind`` is ``dense`` or ``bsr`` (``csr`` = 1x1 blocks)."""
+    """How a weight is stored and multiplied. ``kind`` is ``dense``, ``gemm`` (dense, stored
+    transposed for the register-blocked GEMM, batch > 1) or ``bsr`` (``csr`` = 1x1 blocks)."""
 
     kind: str
     block: tuple[int, int] = (1, 1)
@@ -31,6 +32,8 @@ class Format:
     @property
     def name(self) -> str:
         r, c = self.block
+        if self.kind == "gemm":
+            return "gemm" + ("" if self.parallel else "-serial")
         base = "dense" if self.kind == "dense" else "csr" if (r, c) == (1, 1) else f"bsr{r}x{c}"
         suffix = f"-u{self.unroll}" + (f"-b{self.batch_block}" if self.batch_block > 1 else "")
         suffix += "-bt" if self.batch_inner else ""
@@ -40,7 +43,7 @@ class Format:
 
     @property
     def sparse(self) -> bool:
-        return self.kind != "dense"
+        return self.kind not in ("dense", "gemm")
 
 
 @dataclass
@@ -98,6 +101,8 @@ def pack(weight: np.ndarray, fmt: Format) -> Packed:
     weight = np.ascontiguousarray(weight, dtype=np.float32)
     if fmt.kind == "dense":
         return Packed(fmt, weight.shape, [weight.astype(fmt.dtype)])
+    if fmt.kind == "gemm":
+        return Packed(fmt, weight.shape, [np.ascontiguousarray(weight.T)])
     r, c = fmt.block
     u = fmt.unroll
     blocks, starts = _blocks(weight, fmt.block)
@@ -123,6 +128,8 @@ def unpack(packed: Packed) -> np.ndarray:
     n, k = packed.shape
     if packed.format.kind == "dense":
         return packed.arrays[0].astype(np.float32)
+    if packed.format.kind == "gemm":
+        return packed.arrays[0].T.copy()
     values, indices, indptr = packed.arrays
     r, c = packed.format.block
     used = int(indptr[-1]) * packed.format.unroll

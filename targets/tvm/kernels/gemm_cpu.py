@@ -19,7 +19,15 @@ from targets.tvm.kernels.matmul_cpu import CHUNKS
 
 
 def gemm_kernel(
-    g: int, m: int, k: int, n: int, lanes: int, rows: int = 4, vectors: int = 2, flat: bool = False
+    g: int,
+    m: int,
+    k: int,
+    n: int,
+    lanes: int,
+    rows: int = 4,
+    vectors: int = 2,
+    flat: bool = False,
+    parallel: bool = True,
 ) -> Any:
     """The TIR function of ``y (g x M x N) = a (g x M x K) @ b (g x K x N)`` in fp32; ``flat``
     (g = 1): its arguments are the 2-D matrices."""
@@ -38,8 +46,8 @@ def gemm_kernel(
         return dims[1:] if flat else dims
 
     tail_items = g * blocks if tail else 0
-    main_loop = T.parallel if items else T.serial  # a parallel loop of no work still wakes the pool
-    tail_loop = T.parallel if tail_items else T.serial
+    main_loop = T.parallel if items and parallel else T.serial  # no work: no waking the pool
+    tail_loop = T.parallel if tail_items and parallel else T.serial
     per_g = max(1, panels * blocks)
 
     @T.prim_func

@@ -30,6 +30,11 @@ def kernel(packed: Packed, batch: int, lanes: int = 8):
     """
     if packed.format.kind == "dense":
         return _dense_kernel(packed, batch, lanes)
+    if packed.format.kind == "gemm":
+        from targets.tvm.kernels.gemm_cpu import gemm_kernel
+
+        n, k = packed.shape
+        return gemm_kernel(1, batch, k, n, lanes, flat=True, parallel=packed.format.parallel)
     if packed.format.batch_inner:
         return _bsr_batch_inner_kernel(packed, batch, lanes)
     return _bsr_kernel(packed, batch)
