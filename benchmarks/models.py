@@ -106,13 +106,12 @@ def main() -> None:
         ["model", "artifact", "median ms", "vs ONNX Runtime dense", "vs best dense", "build s", "verified"],
         rows,
         f"""
-`python benchmarks/models.py{" --models " + " ".join(args.models) if args.models != DEFAULT else ""}`
-(sparsity {", ".join(map(str, args.sparsity))}{", blocks " + args.block if args.block else ""}, one-shot
-global magnitude pruning). Each row is `compress`'s own median, every artifact timed alone in a
-worker process in alternating turns, all verified against torch before timing. *vs ONNX Runtime
-dense* = ONNX Runtime's dense median / this median (above 1: faster); *vs best dense* uses the
-faster of the two dense builds. *Build s*: seconds lowering with TVM from an empty kernel cache
-(kernel choice by timing included).
+`python benchmarks/models.py{" --models " + " ".join(args.models) if args.models != DEFAULT else ""}`: sparsity
+{", ".join(map(str, args.sparsity))}, {"blocks " + args.block if args.block else "single weights"}, one-shot global
+magnitude pruning. Each row is `compress`'s own median, every artifact timed alone in a worker process in
+alternating turns, all verified against torch before timing. *vs ONNX Runtime dense* = ONNX Runtime's dense
+median / this median (above 1: faster); *vs best dense* uses the faster of the two dense builds. *Build s*:
+seconds lowering with TVM from an empty kernel cache (kernel choice by timing included).
 """,
         reports,
     )
