@@ -169,7 +169,7 @@ def rewrite_gemms(mod: Any, kernel: Callable[[int, int, int, int], Any]) -> tupl
             return call
         key = (g, m, k, n)
         if key not in functions:
-            symbol = f"gemm_{len(functions)}"
+            symbol = f"gemm_activations_{len(functions)}"  # beside the weight kernels named gemm_N
             attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
             functions[key] = builder.add_func(kernel(*key).with_attrs(attrs), symbol)
         rewritten += 1
