@@ -100,18 +100,20 @@ def main() -> None:
                 rows += rows_of(name, sparsity, report, seconds)
                 for row in rows[-5:]:
                     print(" | ".join(row), flush=True)
+    command = " --models " + " ".join(args.models) if args.models != DEFAULT else ""
+    granularity = f"blocks {args.block}" if args.block else "single weights"
     write(
         args.name,
         "Whole models, batch 1, 2 threads: latency (ms) and ratios to ONNX Runtime on the dense model",
         ["model", "artifact", "median ms", "vs ONNX Runtime dense", "vs best dense", "build s", "verified"],
         rows,
         f"""
-`python benchmarks/models.py{" --models " + " ".join(args.models) if args.models != DEFAULT else ""}`: sparsity
-{", ".join(map(str, args.sparsity))}, {"blocks " + args.block if args.block else "single weights"}, one-shot global
-magnitude pruning. Each row is `compress`'s own median, every artifact timed alone in a worker process in
-alternating turns, all verified against torch before timing. *vs ONNX Runtime dense* = ONNX Runtime's dense
-median / this median (above 1: faster); *vs best dense* uses the faster of the two dense builds. *Build s*:
-seconds lowering with TVM from an empty kernel cache (kernel choice by timing included).
+`python benchmarks/models.py{command}`: sparsity {", ".join(map(str, args.sparsity))}, {granularity},
+one-shot global magnitude pruning. Each row is `compress`'s own median, every artifact timed alone
+in a worker process in alternating turns, all verified against torch before timing. *vs ONNX
+Runtime dense* = ONNX Runtime's dense median / this median (above 1: faster); *vs best dense*
+uses the faster of the two dense builds. *Build s*: seconds lowering with TVM from an empty kernel
+cache (kernel choice by timing included).
 """,
         reports,
     )
