@@ -274,3 +274,35 @@ def test_device_lost_mid_measurement(root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert (out / "arm64-tvm" / "model.so").is_file() and (out / "arm64-tvm" / "manifest.json").is_file()
     assert "measuring" in json.loads((out / "report.json").read_text())["error"]
+
+
+@emulator
+@pytest.mark.parametrize("name", ["bert", "resnet-18"])
+def test_a_transformer_and_a_cnn_verify_on_the_emulated_device(root: Path, tmp_path: Path, name: str) -> None:
+    """Their attention GEMMs, convolutions and sparse matmuls, built for NEON (4 lanes) and
+    checked against torch on the arm64 device."""
+    pytest.importorskip("transformers", reason="the real architectures need transformers")
+    from compressor import PassContext, State
+    from models import real
+    from passes import MagnitudePrune
+    from targets.arm64 import ARM64
+    from targets.base import Compiled
+    from targets.emulator import emulated_device
+    from targets.tvm import TvmBackend
+
+    small = {
+        "bert": lambda: real.bert(layers=2, hidden=64, heads=2, intermediate=128, seq=16, vocab=500),
+        "resnet-18": lambda: real.resnet18(image=32, classes=10),
+    }
+    module, inputs = small[name]()
+    state = State(module=module, example_inputs=inputs)
+    state = MagnitudePrune(sparsity=0.9).apply(state, PassContext()).state
+    with emulated_device() as device:  # kernels by rule: timing candidates under qemu takes long
+        artifact, runner = TvmBackend(measure=False).build(state, ARM64, tmp_path, device)
+        compiled = Compiled(
+            target=ARM64, backend="tvm", artifact=artifact, runner=runner, state=state, device=device
+        )
+        assert compiled.verify().max_abs_error < 1e-4
+    formats = {k["format"].split("-")[0] for k in runner.layers}
+    expected = {"conv3x3", "conv7x7", "conv1x1"} if name == "resnet-18" else {"csr"}
+    assert expected <= formats, formats

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import targets.tvm.cpu
 import targets.tvm.rewrite
 from compressor import PassContext, State, VerificationError, load_model
 from passes import MagnitudePrune
@@ -218,3 +219,17 @@ def test_fast_math_stays_within_float32_rounding_of_torch() -> None:
         got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
         want = reference(x.double()).numpy()
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=name)
+
+
+def test_weights_through_the_gemm_beside_attention_gemms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The register-blocked GEMM as the kernel of constant weights (what the choice picks for a
+    dense layer at batch > 1), in one module with the GEMMs of attention."""
+    monkeypatch.setattr(targets.tvm.cpu.CpuKernels, "rule", lambda self, *args: Format("gemm"))
+    torch.manual_seed(0)
+    state = State(module=Attention().eval(), example_inputs=(torch.randn(1, 13, 36),))
+    backend = TvmBackend(measure=False)
+    artifact, runner = backend.build(state, CPU, tmp_path)
+    assert backend.gemms == 2 and {layer["format"] for layer in runner.layers} == {"gemm"}
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
