@@ -276,6 +276,7 @@ def test_device_lost_mid_measurement(root: Path, tmp_path: Path) -> None:
     assert "measuring" in json.loads((out / "report.json").read_text())["error"]
 
 
+@pytest.mark.slow  # 2.5 minutes: qemu
 @emulator
 @pytest.mark.parametrize("name", ["bert", "resnet-18"])
 def test_a_transformer_and_a_cnn_verify_on_the_emulated_device(root: Path, tmp_path: Path, name: str) -> None:
