@@ -64,7 +64,7 @@ def rewrite_matmuls(
     its parameter name, and ``label`` names a format, for the report.
     """
     from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_const, is_op, wildcard
 
     names = names or {}
     weight_pattern = is_const()
@@ -118,9 +118,23 @@ def rewrite_matmuls(
         out = relax.call_tir(gvar, [flat, *consts], out_ty=relax.TensorType((batch, n), "float32"))
         return relax.op.reshape(out, (*shape[:-1], n)) if len(shape) != 2 else out
 
+    mod = rewrite_main(mod, pattern, rewriter, builder)
+    return mod, [layer for _, _, layer in kernels.values()]
+
+
+def rewrite_main(
+    mod: Any, pattern: Any, rewriter: Callable[[Any, dict], Any], builder: Any = None, shared: bool = False
+) -> Any:
+    """``main`` with ``rewriter`` applied to every match of ``pattern``, the functions added to
+    ``builder`` beside it, and what no longer reaches the output dropped (``shared``: first
+    merge equal expressions, such as one activation's preparation read by several kernels). An
+    exception ``rewriter`` raises comes out here with its type (crossing TVM's FFI loses it)."""
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
+
     errors: list[Exception] = []
 
-    def guarded(call: Any, matches: dict) -> Any:  # exceptions crossing TVM's FFI lose their type
+    def guarded(call: Any, matches: dict) -> Any:
         try:
             return rewriter(call, matches)
         except Exception as e:
@@ -130,10 +144,11 @@ def rewrite_matmuls(
     main = rewrite_call(pattern, guarded, mod["main"])
     if errors:
         raise errors[0]
-    mod = builder.get()
+    mod = builder.get() if builder is not None else mod
     mod["main"] = main
-    mod = relax.transform.DeadCodeElimination(["main"])(mod)
-    return mod, [layer for _, _, layer in kernels.values()]
+    if shared:
+        mod = relax.transform.EliminateCommonSubexpr()(mod)
+    return relax.transform.DeadCodeElimination(["main"])(mod)
 
 
 def rewrite_gemms(mod: Any, kernel: Callable[[int, int, int, int], Any]) -> tuple[Any, int]:
@@ -143,7 +158,7 @@ def rewrite_gemms(mod: Any, kernel: Callable[[int, int, int, int], Any]) -> tupl
     ``a`` are then one product's). Broadcasting and vector operands are left to TVM. Returns the
     module and the number of matmuls rewritten."""
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_op, wildcard
 
     functions: dict[tuple[int, int, int, int], Any] = {}
     builder = relax.BlockBuilder(mod)
@@ -180,7 +195,4 @@ def rewrite_gemms(mod: Any, kernel: Callable[[int, int, int, int], Any]) -> tupl
         )
         return relax.op.reshape(out, [int(d) for d in call.ty.shape])
 
-    main = rewrite_call(is_op("relax.matmul")(wildcard(), wildcard()), rewriter, mod["main"])
-    mod = builder.get()
-    mod["main"] = main
-    return mod, rewritten
+    return rewrite_main(mod, is_op("relax.matmul")(wildcard(), wildcard()), rewriter, builder), rewritten

@@ -10,7 +10,7 @@ import numpy as np
 
 from targets.tvm.export import weight_digest
 from targets.tvm.kernels.conv_cpu import ConvShape, conv_kernel, pack, prepare_kernel, supported
-from targets.tvm.rewrite import Layer
+from targets.tvm.rewrite import Layer, rewrite_main
 
 
 def zero_padding(pad: Any) -> tuple[int, int, int, int] | None:
@@ -56,7 +56,7 @@ def fold_batch_norms(mod: Any, names: dict[bytes, str] | None = None) -> Any:
     (scaled per output channel; zeros stay zeros) and a bias added after it. ``names`` (by
     ``weight_digest``) learns the folded weights' names."""
     from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, is_tuple_get_item, rewrite_call, wildcard
+    from tvm.relax.dpl import is_const, is_op, is_tuple_get_item, wildcard
 
     weight, stats = is_const(), [is_const() for _ in range(4)]
     conv = is_op("relax.nn.conv2d")(wildcard(), weight)
@@ -78,14 +78,13 @@ def fold_batch_norms(mod: Any, names: dict[bytes, str] | None = None) -> Any:
         out = relax.Call(original.op, [original.args[0], relax.const(folded)], original.attrs)
         return relax.op.add(out, relax.const(shift.astype(np.float32).reshape(1, -1, 1, 1)))
 
-    mod["main"] = rewrite_call(pattern, rewriter, mod["main"])
-    return relax.transform.DeadCodeElimination(["main"])(mod)
+    return rewrite_main(mod, pattern, rewriter)
 
 
 def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -> tuple[Any, list[Layer]]:
     """Replace each supported ``conv2d(x, const W)`` in ``main``; the layers, for the report."""
     from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_const, is_op, wildcard
 
     names = names or {}
     weight_pattern = is_const()
@@ -94,7 +93,6 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
     builder = relax.BlockBuilder(mod)
     layers: list[Layer] = []
     preparers: dict[tuple, Any] = {}  # one per input layout; CSE then shares the prepared input
-    errors: list[Exception] = []
 
     def rewriter(call: Any, matches: dict) -> Any:
         weight = matches[weight_pattern].value.numpy()
@@ -140,18 +138,5 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
         out = relax.call_tir(gvar, args, out_ty=relax.TensorType((o, oh, ow), "float32"))
         return relax.op.reshape(out, (1, o, oh, ow))
 
-    def guarded(call: Any, matches: dict) -> Any:  # exceptions crossing TVM's FFI lose their type
-        try:
-            return rewriter(call, matches)
-        except Exception as e:
-            errors.append(e)
-            return call
-
-    main = rewrite_call(pattern, guarded, mod["main"])
-    if errors:
-        raise errors[0]
-    mod = builder.get()
-    mod["main"] = main
-    mod = relax.transform.EliminateCommonSubexpr()(mod)
-    mod = relax.transform.DeadCodeElimination(["main"])(mod)
+    mod = rewrite_main(mod, pattern, rewriter, builder, shared=True)
     return mod, layers
