@@ -127,7 +127,8 @@ def rewrite_main(
 ) -> Any:
     """``main`` with ``rewriter`` applied to every match of ``pattern``, the functions added to
     ``builder`` beside it, and what no longer reaches the output dropped (``shared``: first
-    merge equal expressions, such as one activation's preparation read by several kernels). An
+    merge equal expressions, such as one activation's preparation read by several kernels; a
+    function the rewriter added that ``main`` no longer calls is dropped too). An
     exception ``rewriter`` raises comes out here with its type (crossing TVM's FFI loses it)."""
     from tvm import relax
     from tvm.relax.dpl import rewrite_call
@@ -144,11 +145,18 @@ def rewrite_main(
     main = rewrite_call(pattern, guarded, mod["main"])
     if errors:
         raise errors[0]
+    before = {gvar.name_hint for gvar in mod.get_global_vars()}
     mod = builder.get() if builder is not None else mod
     mod["main"] = main
     if shared:
         mod = relax.transform.EliminateCommonSubexpr()(mod)
-    return relax.transform.DeadCodeElimination(["main"])(mod)
+    mod = relax.transform.DeadCodeElimination(["main"])(mod)
+    # what the rewriter added and main does not call (it keeps functions with a global symbol)
+    called = {gvar.name_hint for gvar in relax.analysis.all_global_vars(mod["main"])}
+    for gvar in mod.get_global_vars():
+        if gvar.name_hint not in before | called | {"main"}:
+            del mod[gvar]
+    return mod
 
 
 def rewrite_gemms(mod: Any, kernel: Callable[[int, int, int, int], Any]) -> tuple[Any, int]:

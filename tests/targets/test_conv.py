@@ -48,7 +48,8 @@ def test_conv_kernel_matches_torch(tmp_path: Path, name: str, sparsity: float) -
     state = conv_state(*CONVS[name], sparsity)
     artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
     k = CONVS[name][0][2]
-    assert [layer["format"].split("-")[0] for layer in runner.layers] == [f"conv{k}x{k}"]
+    (layer,) = runner.layers
+    assert layer["format"].startswith(f"conv{k}x{k}") and layer["format"].endswith("+bias+relu")
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
 
 
@@ -75,7 +76,7 @@ def test_forms_the_kernel_does_not_take_are_left_to_tvm(tmp_path: Path) -> None:
         state = State(module=module, example_inputs=inputs)
         artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path / str(len(inputs[0])))
         formats = [layer["format"] for layer in runner.layers]
-        assert formats == ([] if len(inputs[0]) == 2 else ["conv3x3"])
+        assert formats == ([] if len(inputs[0]) == 2 else ["conv3x3+bias"])
         assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
 
 
@@ -103,4 +104,51 @@ def test_batch_norm_is_folded_into_the_pruned_weight(tmp_path: Path) -> None:
     assert layer["name"] == "0.weight" and layer["sparsity"] == round(
         float((conv.weight == 0).float().mean()), 4
     )
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+
+
+class Chain(nn.Module):
+    """Two convolutions (the second pruned, without a bias, before a BatchNorm) and the
+    elementwise ops after them that ``form`` names."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.first = nn.Conv2d(6, 8, 3, padding=1)
+        self.second = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(8)
+        with torch.no_grad():
+            self.second.weight[torch.rand(self.second.weight.shape) < 0.7] = 0
+            self.norm.running_mean.uniform_(-1, 1), self.norm.running_var.uniform_(0.5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.relu6(self.first(x))
+        z = self.norm(self.second(y))
+        if self.form == "residual-left":
+            return y + z
+        if self.form == "residual-relu":
+            return torch.relu(z + y)
+        if self.form == "hardtanh":
+            return torch.nn.functional.hardtanh(z, -0.5, 0.5)
+        if self.form == "broadcast":  # a residual of another shape: left to TVM
+            return z + y[:, :, :1, :]
+        return torch.relu(z) + z  # "shared": the biased output is read twice
+
+
+EPILOGUES = {  # the kernels' formats besides the first convolution's (conv3x3+bias+relu6)
+    "residual-left": ["conv3x3+bias+residual"],
+    "residual-relu": ["conv3x3+bias+residual+relu"],
+    "hardtanh": ["conv3x3+bias+clip"],
+    "broadcast": ["conv3x3+bias"],
+    "shared": ["conv3x3+bias+relu", "conv3x3+bias+residual"],  # z + relu(z), relu(z) its residual
+}
+
+
+@pytest.mark.parametrize("form", list(EPILOGUES))
+def test_the_ops_after_a_convolution_go_into_its_epilogue(tmp_path: Path, form: str) -> None:
+    torch.manual_seed(0)
+    state = State(module=Chain(form).eval(), example_inputs=(torch.randn(1, 6, 9, 21),))
+    artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
+    formats = sorted(layer["format"] for layer in runner.layers)
+    assert formats == sorted(["conv3x3+bias+relu6", *EPILOGUES[form]])
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4

@@ -10,6 +10,10 @@ over the nonzeros of output channel ``o``, in vector registers. Zero weights are
 so a dense weight is the case of 100% fill and a pruned one skips its zeros. Work items are
 spatial tiles (times groups of output channels when the tiles are few); the input around a tile
 stays in cache while every output channel passes it.
+
+What follows the convolution in the graph is done as each tile is stored (``Epilogue``): the
+bias (a folded BatchNorm's shift), a residual input added, a clamp (ReLU, ReLU6), so that the
+output is written once instead of once per elementwise op.
 """
 
 from __future__ import annotations
@@ -76,6 +80,25 @@ class ConvShape:
         return self.channels * self.stride**2 * h2 * w2 + slack
 
 
+@dataclass(frozen=True)
+class Epilogue:
+    """What the kernel applies to each output as it stores it, in this order: a bias per output
+    channel, a residual (a tensor of the output's shape) added, a clamp to [low, high] (ReLU:
+    ``low=0``; ReLU6: ``low=0, high=6``)."""
+
+    bias: bool = False
+    residual: bool = False
+    low: float | None = None
+    high: float | None = None
+
+    def label(self) -> str:
+        """The epilogue in a format's name: ``+bias+residual+relu``."""
+        names = {(None, None): "", (0.0, None): "relu", (0.0, 6.0): "relu6"}
+        clamp = names.get((self.low, self.high), "clip")
+        parts = ["bias"] * self.bias + ["residual"] * self.residual + [clamp] * bool(clamp)
+        return "".join(f"+{p}" for p in parts)
+
+
 def supported(shape: ConvShape) -> bool:
     return shape.dilation == 1 or shape.stride == 1
 
@@ -99,9 +122,13 @@ def pack(weight: np.ndarray, shape: ConvShape) -> tuple[np.ndarray, np.ndarray, 
     return values, offsets.astype(np.int32), indptr
 
 
-def conv_kernel(shape: ConvShape, nnz: int, lanes: int, parallel: bool = True) -> Any:
-    """The TIR function ``y (O x OH x OW) = conv(x')`` for ``nnz`` stored weights and the
-    prepared input ``x'`` (``prepared_size`` floats)."""
+def conv_kernel(
+    shape: ConvShape, nnz: int, lanes: int, parallel: bool = True, epilogue: Epilogue = Epilogue()
+) -> Any:
+    """The TIR function ``y (O x OH x OW) = epilogue(conv(x'))`` for ``nnz`` stored weights and
+    the prepared input ``x'`` (``prepared_size`` floats). Its parameters are always ``x', values,
+    offsets, indptr, bias (O), residual (O x OH x OW), y``; without a bias or a residual in
+    ``epilogue`` those buffers are one float the kernel never reads."""
     from tvm.script import tirx as T
 
     o_ch = shape.out_channels
@@ -119,6 +146,10 @@ def conv_kernel(shape: ConvShape, nnz: int, lanes: int, parallel: bool = True) -
     last_col = max(ow - tw, 0)
     loop = T.parallel if parallel else T.serial
     slots = max(nnz, 1)
+    has_bias, has_residual = epilogue.bias, epilogue.residual
+    low, high = epilogue.low, epilogue.high
+    bias_shape = (o_ch,) if has_bias else (1,)
+    residual_shape = (o_ch, oh, ow) if has_residual else (1,)
 
     @T.prim_func
     def conv(
@@ -126,6 +157,8 @@ def conv_kernel(shape: ConvShape, nnz: int, lanes: int, parallel: bool = True) -
         w_values: T.Buffer((slots,), "float32"),
         w_offsets: T.Buffer((slots,), "int32"),
         w_indptr: T.Buffer((o_ch + 1,), "int32"),
+        bias: T.Buffer(bias_shape, "float32"),
+        residual: T.Buffer(residual_shape, "float32"),
         y: T.Buffer((o_ch, oh, ow), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
@@ -138,7 +171,10 @@ def conv_kernel(shape: ConvShape, nnz: int, lanes: int, parallel: bool = True) -
             for oc in range(T.min(per_group, o_ch - item % groups * per_group)):
                 o: T.let = item % groups * per_group + oc
                 for r, v in T.grid(rt, tw):
-                    acc[r, v] = T.float32(0)
+                    if has_bias:
+                        acc[r, v] = bias[o]
+                    else:
+                        acc[r, v] = T.float32(0)
                 for q in range(w_indptr[o + 1] - w_indptr[o]):
                     p: T.let = w_indptr[o] + q
                     for r in T.unroll(rt):
@@ -149,6 +185,12 @@ def conv_kernel(shape: ConvShape, nnz: int, lanes: int, parallel: bool = True) -
                         out[r, v] = acc[r, v]
                 for r in range(rt):
                     for v in range(T.min(tw, ow)):
+                        if has_residual:
+                            out[r, v] = out[r, v] + residual[o, oh0 + r, ow0 + v]
+                        if low is not None:
+                            out[r, v] = T.max(out[r, v], T.float32(low))
+                        if high is not None:
+                            out[r, v] = T.min(out[r, v], T.float32(high))
                         y[o, oh0 + r, ow0 + v] = out[r, v]
 
     return conv
