@@ -14,6 +14,7 @@ from targets.tvm.export import weight_digest
 from targets.tvm.kernels.conv_cpu import (
     ConvShape,
     Epilogue,
+    channel_blocks,
     conv_kernel,
     pack,
     prepare_kernel,
@@ -200,10 +201,11 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
                 return call
             low, high = bounds
         epilogue = Epilogue(bias is not None, residual is not None, low, high)
-        values, offsets, indptr = pack(weight, shape)
+        blocks = channel_blocks(shape, int(np.count_nonzero(weight)), lanes)
+        values, offsets, indptr = pack(weight, shape, blocks)
         symbol = f"conv_{len(layers)}"
         attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
-        func = conv_kernel(shape, len(values), lanes, epilogue=epilogue).with_attrs(attrs)
+        func = conv_kernel(shape, len(values), lanes, epilogue=epilogue, blocks=blocks).with_attrs(attrs)
         gvar = builder.add_func(func, symbol)
         _, cg, kh, kw = weight.shape
         layers.append(

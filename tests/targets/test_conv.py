@@ -27,6 +27,7 @@ CONVS = {  # (in, out, kernel, stride, padding, dilation, groups), input size
     "1x1-stride2": ((9, 5, 1, 2, 0, 1, 1), (8, 9)),
     "3x3-stride3": ((2, 3, 3, 3, 2, 1, 1), (9, 9)),
     "narrow": ((5, 3, 3, 1, 0, 1, 1), (4, 4)),  # a 2x2 output: one tile narrower than a vector
+    "3x3-many-channels": ((64, 8, 3, 1, 1, 1, 1), (10, 20)),  # input channels in blocks
 }
 
 
@@ -152,3 +153,47 @@ def test_the_ops_after_a_convolution_go_into_its_epilogue(tmp_path: Path, form: 
     formats = sorted(layer["format"] for layer in runner.layers)
     assert formats == sorted(["conv3x3+bias+relu6", *EPILOGUES[form]])
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 7])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_input_channel_blocks_keep_the_sum(blocks: int, groups: int) -> None:
+    """Partial sums per block of input channels, blocks of unequal sizes and empty ones."""
+    import numpy as np
+    import tvm
+
+    from targets.tvm.devices import host_target
+    from targets.tvm.kernels.conv_cpu import (
+        ConvShape,
+        Epilogue,
+        channel_blocks,
+        conv_kernel,
+        pack,
+        prepare_kernel,
+    )
+
+    shape = ConvShape(20, 9, 13, 6, (3, 3), 1, (1, 1, 1, 1), 1, groups)
+    rng = np.random.default_rng(blocks)
+    weight = rng.standard_normal((6, 20 // groups, 3, 3)).astype(np.float32)
+    weight[rng.random(weight.shape) < 0.6] = 0
+    weight[1, : 10 // groups] = 0  # an output channel whose first blocks are empty
+    bias, residual = rng.standard_normal(6).astype(np.float32), rng.standard_normal((6, 9, 13))
+    values, offsets, indptr = pack(weight, shape, blocks)
+    assert len(indptr) == 6 * blocks + 1
+    epilogue = Epilogue(True, True, 0.0, None)
+    funcs = {
+        "conv": conv_kernel(shape, len(values), 8, epilogue=epilogue, blocks=blocks),
+        "prepare": prepare_kernel(shape, 8),
+    }
+    module = tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()})
+    lib = tvm.compile(module, target=tvm.target.Target(host_target()))
+    x = rng.standard_normal((1, 20, 9, 13)).astype(np.float32)
+    prepared = tvm.runtime.tensor(np.zeros(shape.prepared_size(8), np.float32))
+    lib["prepare"](tvm.runtime.tensor(x), prepared)
+    y = tvm.runtime.tensor(np.zeros((6, 9, 13), np.float32))
+    arrays = (values, offsets, indptr, bias, residual.astype(np.float32))
+    lib["conv"](prepared, *(tvm.runtime.tensor(a) for a in arrays), y)
+    conv = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), padding=1, groups=groups)
+    expected = torch.relu(conv[0] + torch.tensor(bias)[:, None, None] + torch.tensor(residual)).numpy()
+    np.testing.assert_allclose(y.numpy(), expected, atol=1e-4)
+    assert channel_blocks(ConvShape(64, 56, 56, 64, (3, 3), 1, (1,) * 4, 1, 1), 64 * 64 * 4, 8) > 1

@@ -103,19 +103,39 @@ def supported(shape: ConvShape) -> bool:
     return shape.dilation == 1 or shape.stride == 1
 
 
-def pack(weight: np.ndarray, shape: ConvShape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The nonzeros of ``weight`` (O x C/groups x KH x KW) per output channel: values, their
-    offsets into the prepared input, and the CSR row pointers."""
+L1_BUDGET = 16 << 10  # bytes of input a tile may read per block of input channels
+MIN_SEGMENT = 32  # nonzeros per (output channel, input block) on average, at least
+
+
+def channel_blocks(shape: ConvShape, nnz: int, lanes: int) -> int:
+    """How many blocks the input channels of a group are split into (``pack``): a tile reads
+    (RT + KH - 1) rows of its input per channel, so with many channels what it reads no longer
+    stays in L1 while every output channel passes it; a block of channels does, at the cost of
+    keeping partial sums per block (worth it only while each block holds enough nonzeros)."""
+    rt, tw = shape.tile(lanes)
+    kh, kw = shape.kernel
+    per_channel = (rt + kh - 1) * (tw + kw - 1 + 16) * 4  # bytes, with the cache lines' slack
+    cg = shape.channels // shape.groups
+    by_cache = -(-cg * per_channel // L1_BUDGET)
+    by_density = max(1, nnz // (MIN_SEGMENT * shape.out_channels))
+    return max(1, min(by_cache, by_density, cg))
+
+
+def pack(weight: np.ndarray, shape: ConvShape, blocks: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nonzeros of ``weight`` (O x C/groups x KH x KW) per output channel and block of its
+    input channels (``blocks`` per group): values, their offsets into the prepared input, and
+    the CSR row pointers (row ``o * blocks + b``)."""
     o, cg = weight.shape[:2]
     s, d = shape.stride, shape.dilation
     h2, w2 = shape.phase_size
-    oc, c, i, j = np.nonzero(weight)
+    oc, c, i, j = np.nonzero(weight)  # in row-major order: by output channel, then input channel
     channel = oc // (o // shape.groups) * cg + c  # the input channel, across groups
     ri, rj = i * d, j * d  # the tap's position in the padded input
     plane = (channel * s + ri % s) * s + rj % s
     offsets = (plane * h2 + ri // s) * w2 + rj // s
-    indptr = np.zeros(o + 1, np.int32)
-    indptr[1:] = np.cumsum(np.bincount(oc, minlength=o))
+    rows = oc * blocks + c // -(-cg // blocks)
+    indptr = np.zeros(o * blocks + 1, np.int32)
+    indptr[1:] = np.cumsum(np.bincount(rows, minlength=o * blocks))
     values = weight[oc, c, i, j].astype(np.float32)
     if not len(values):  # never an empty buffer
         values, offsets = np.zeros(1, np.float32), np.zeros(1, np.int64)
@@ -123,12 +143,18 @@ def pack(weight: np.ndarray, shape: ConvShape) -> tuple[np.ndarray, np.ndarray, 
 
 
 def conv_kernel(
-    shape: ConvShape, nnz: int, lanes: int, parallel: bool = True, epilogue: Epilogue = Epilogue()
+    shape: ConvShape,
+    nnz: int,
+    lanes: int,
+    parallel: bool = True,
+    epilogue: Epilogue = Epilogue(),
+    blocks: int = 1,
 ) -> Any:
-    """The TIR function ``y (O x OH x OW) = epilogue(conv(x'))`` for ``nnz`` stored weights and
-    the prepared input ``x'`` (``prepared_size`` floats). Its parameters are always ``x', values,
-    offsets, indptr, bias (O), residual (O x OH x OW), y``; without a bias or a residual in
-    ``epilogue`` those buffers are one float the kernel never reads."""
+    """The TIR function ``y (O x OH x OW) = epilogue(conv(x'))`` for ``nnz`` stored weights
+    packed in ``blocks`` input blocks and the prepared input ``x'`` (``prepared_size`` floats).
+    Its parameters are always ``x', values, offsets, indptr, bias (O), residual (O x OH x OW),
+    y``; without a bias or a residual in ``epilogue`` those buffers are one float the kernel
+    never reads. With several blocks, each tile's partial sums wait in a buffer between them."""
     from tvm.script import tirx as T
 
     o_ch = shape.out_channels
@@ -156,7 +182,7 @@ def conv_kernel(
         x: T.Buffer((size,), "float32"),
         w_values: T.Buffer((slots,), "float32"),
         w_offsets: T.Buffer((slots,), "int32"),
-        w_indptr: T.Buffer((o_ch + 1,), "int32"),
+        w_indptr: T.Buffer((o_ch * blocks + 1,), "int32"),
         bias: T.Buffer(bias_shape, "float32"),
         residual: T.Buffer(residual_shape, "float32"),
         y: T.Buffer((o_ch, oh, ow), "float32"),
@@ -168,30 +194,44 @@ def conv_kernel(
             tile: T.let = item // groups
             oh0: T.let = T.min(tile // col_tiles * rt, oh - rt)
             ow0: T.let = T.min(tile % col_tiles * tw, last_col)
-            for oc in range(T.min(per_group, o_ch - item % groups * per_group)):
-                o: T.let = item % groups * per_group + oc
-                for r, v in T.grid(rt, tw):
-                    if has_bias:
-                        acc[r, v] = bias[o]
+            part = T.alloc_buffer((per_group if blocks > 1 else 1, rt, tw), "float32", scope="local")
+            for b in range(blocks):
+                for oc in range(T.min(per_group, o_ch - item % groups * per_group)):
+                    o: T.let = item % groups * per_group + oc
+                    row: T.let = o * blocks + b
+                    if b == 0:
+                        for r, v in T.grid(rt, tw):
+                            if has_bias:
+                                acc[r, v] = bias[o]
+                            else:
+                                acc[r, v] = T.float32(0)
                     else:
-                        acc[r, v] = T.float32(0)
-                for q in range(w_indptr[o + 1] - w_indptr[o]):
-                    p: T.let = w_indptr[o] + q
-                    for r in T.unroll(rt):
-                        for v in T.vectorized(tw):
-                            acc[r, v] = acc[r, v] + w_values[p] * x[w_offsets[p] + (oh0 + r) * w2 + ow0 + v]
-                for r in T.unroll(rt):
-                    for v in T.vectorized(tw):
-                        out[r, v] = acc[r, v]
-                for r in range(rt):
-                    for v in range(T.min(tw, ow)):
-                        if has_residual:
-                            out[r, v] = out[r, v] + residual[o, oh0 + r, ow0 + v]
-                        if low is not None:
-                            out[r, v] = T.max(out[r, v], T.float32(low))
-                        if high is not None:
-                            out[r, v] = T.min(out[r, v], T.float32(high))
-                        y[o, oh0 + r, ow0 + v] = out[r, v]
+                        for r in T.unroll(rt):
+                            for v in T.vectorized(tw):
+                                acc[r, v] = part[oc, r, v]
+                    for q in range(w_indptr[row + 1] - w_indptr[row]):
+                        p: T.let = w_indptr[row] + q
+                        for r in T.unroll(rt):
+                            for v in T.vectorized(tw):
+                                at: T.let = w_offsets[p] + (oh0 + r) * w2 + ow0
+                                acc[r, v] = acc[r, v] + w_values[p] * x[at + v]
+                    if b < blocks - 1:
+                        for r in T.unroll(rt):
+                            for v in T.vectorized(tw):
+                                part[oc, r, v] = acc[r, v]
+                    else:
+                        for r in T.unroll(rt):
+                            for v in T.vectorized(tw):
+                                out[r, v] = acc[r, v]
+                        for r in range(rt):
+                            for v in range(T.min(tw, ow)):
+                                if has_residual:
+                                    out[r, v] = out[r, v] + residual[o, oh0 + r, ow0 + v]
+                                if low is not None:
+                                    out[r, v] = T.max(out[r, v], T.float32(low))
+                                if high is not None:
+                                    out[r, v] = T.min(out[r, v], T.float32(high))
+                                y[o, oh0 + r, ow0 + v] = out[r, v]
 
     return conv
 
