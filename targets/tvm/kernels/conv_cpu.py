@@ -239,38 +239,50 @@ def conv_kernel(
 def prepare_kernel(shape: ConvShape, lanes: int) -> Any:
     """The TIR function preparing the input of ``conv_kernel`` from ``x`` (1 x C x H x W): padded,
     split into the stride's ``s x s`` phases (C x s x s x H2 x W2), flat, a tile row of zeros
-    after it. Each output row is a run of zeros, a copy and zeros, with bounds computed per row
-    (no test per element), in parallel over the rows."""
+    after it. Each input row fills the ``s`` phase rows that take its columns in one pass, in
+    parallel over the rows: the columns every phase row copies without a test (loads LLVM
+    vectorises, de-interleaving the phases), the few at the edges each tested."""
     from tvm.script import tirx as T
 
     c, h, w, s = shape.channels, shape.height, shape.width, shape.stride
     top, left = shape.padding[:2]
     h2, w2 = shape.phase_size
-    rows = c * s * s * h2
+    rows = c * s * h2  # (channel, row phase, phase row): s phase rows each
     size = shape.prepared_size(lanes)
+    # the columns of a phase row that copy an input column, for every column phase
+    lo = max(min(max(-(-(left - pj) // s), 0), w2) for pj in range(s))
+    hi = max(lo, min(min(-(-(w + left - pj) // s), w2) for pj in range(s)))
 
     @T.prim_func(check_well_formed=False)  # a root block around loops that are not blocks
     def prepare_conv_input(x: T.Buffer((1, c, h, w), "float32"), out: T.Buffer((size,), "float32")):
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):  # Relax inspects a one-input function for a reshape in its root block
             for row in T.parallel(rows):
-                ch: T.let = row // (s * s * h2)
-                pi: T.let = row // (s * h2) % s
-                pj: T.let = row // h2 % s
-                src: T.let = row % h2 * s + pi - top  # the input row it holds
-                lo: T.let = T.min(T.max((left - pj + s - 1) // s, 0), w2)  # its first and last input column
-                hi: T.let = T.max(T.min((w + left - pj + s - 1) // s, w2), lo)
+                ch: T.let = row // (s * h2)
+                pi: T.let = row // h2 % s
+                i: T.let = row % h2
+                src: T.let = i * s + pi - top  # the input row it holds
+                base: T.let = ((ch * s + pi) * s * h2 + i) * w2  # phase row (ch, pi, 0, i)
                 if src >= 0 and src < h:
                     for col in range(lo):
-                        out[row * w2 + col] = T.float32(0)
+                        for pj in T.unroll(s):
+                            at: T.let = col * s + pj - left
+                            out[base + pj * h2 * w2 + col] = T.if_then_else(
+                                at >= 0 and at < w, x[0, ch, src, T.max(T.min(at, w - 1), 0)], T.float32(0)
+                            )
                     for col in range(hi - lo):
-                        out[row * w2 + lo + col] = x[0, ch, src, (lo + col) * s + pj - left]
+                        for pj in T.unroll(s):
+                            out[base + pj * h2 * w2 + lo + col] = x[0, ch, src, (lo + col) * s + pj - left]
                     for col in range(w2 - hi):
-                        out[row * w2 + hi + col] = T.float32(0)
+                        for pj in T.unroll(s):
+                            at: T.let = (hi + col) * s + pj - left
+                            out[base + pj * h2 * w2 + hi + col] = T.if_then_else(
+                                at >= 0 and at < w, x[0, ch, src, T.max(T.min(at, w - 1), 0)], T.float32(0)
+                            )
                 else:
-                    for col in range(w2):
-                        out[row * w2 + col] = T.float32(0)
-            for col in range(size - rows * w2):
-                out[rows * w2 + col] = T.float32(0)
+                    for pj, col in T.grid(s, w2):
+                        out[base + pj * h2 * w2 + col] = T.float32(0)
+            for col in range(size - c * s * s * h2 * w2):
+                out[c * s * s * h2 * w2 + col] = T.float32(0)
 
     return prepare_conv_input
