@@ -80,7 +80,7 @@ def relax_pipeline(target: Any, lanes: int, schedule: bool, lift: LiftConstants)
         rules = (dlight.cpu.GEMV(), dlight.cpu.Reduction(), elementwise_rule(lanes))
         with target:
             passes = [
-                *([fast_math_pass()] if schedule else []),
+                *([fast_math_pass(lanes)] if schedule else []),
                 *backend.library_dispatch_passes(target),
                 *backend.legalize_passes(target),
                 *([dlight.ApplyDefaultSchedule(*rules)] if schedule else []),

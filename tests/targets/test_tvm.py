@@ -211,7 +211,7 @@ def test_fast_math_stays_within_float32_rounding_of_torch() -> None:
         bb = relax.BlockBuilder()
         with bb.function("main", [xv]):
             bb.emit_func_output(bb.normalize(op(xv)))
-        mod = fast_math_pass()(bb.get())
+        mod = fast_math_pass(8)(bb.get())
         script = mod.script()
         assert "R.call_tir" in script and f"R.{name}(" not in script and f"R.nn.{name}(" not in script
         lib = tvm.compile(mod, target="llvm")
@@ -219,6 +219,58 @@ def test_fast_math_stays_within_float32_rounding_of_torch() -> None:
         got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
         want = reference(x.double()).numpy()
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 37), (5, 8), (3,)])
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_kernel_matches_torch(shape: tuple[int, ...], axis: int) -> None:
+    """Rows of a vector's multiple, with a tail, shorter than a vector; masked scores (-1e4,
+    -inf); another axis left to TVM's softmax."""
+    import tvm
+    from tvm import relax
+
+    from targets.tvm.fastmath import fast_math_pass
+
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 6
+    x.view(-1)[:2] = torch.tensor([-1e4, -float("inf")])
+    xv = relax.Var("x", relax.TensorType(shape, "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [xv]):
+        bb.emit_func_output(bb.normalize(relax.op.nn.softmax(xv, axis)))
+    mod = fast_math_pass(8)(bb.get())
+    ours = axis == -1 or len(shape) == 1
+    assert ("softmax_rows_0" in mod.script()) == ours
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    np.testing.assert_allclose(got, x.double().softmax(axis).numpy(), rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 37), (4, 16), (5,)])
+def test_layer_norm_kernel_matches_torch(shape: tuple[int, ...]) -> None:
+    """Rows of a vector's multiple, with a tail, shorter than a vector; a large offset (the
+    variance taken around the mean, not as E[x^2] - E[x]^2)."""
+    import tvm
+    from tvm import relax
+
+    from targets.tvm.fastmath import fast_math_pass
+
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3 + 100
+    gamma, beta = torch.randn(shape[-1]), torch.randn(shape[-1])
+    args = [
+        relax.Var(n, relax.TensorType(t.shape, "float32"))
+        for n, t in zip("xgb", (x, gamma, beta), strict=True)
+    ]
+    bb = relax.BlockBuilder()
+    with bb.function("main", args):
+        bb.emit_func_output(bb.normalize(relax.op.nn.layer_norm(*args, axes=[-1], epsilon=1e-5)))
+    mod = fast_math_pass(8)(bb.get())
+    assert "layer_norm_rows_0" in mod.script() and "R.nn.layer_norm" not in mod.script()
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    got = vm["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, gamma, beta))).numpy()
+    want = nn.functional.layer_norm(x.double(), shape[-1:], gamma.double(), beta.double(), 1e-5)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=2e-5)
 
 
 def test_weights_through_the_gemm_beside_attention_gemms(

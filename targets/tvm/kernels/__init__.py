@@ -1,6 +1,8 @@
 """The kernels we write in TIR, by op family and device: how a constant weight is stored
 (``formats``), and the matmul ``y = x @ W.T`` on a CPU (``matmul_cpu``) and a GPU
-(``matmul_gpu``), and the GEMM of two activations on a CPU (``gemm_cpu``)."""
+(``matmul_gpu``), the GEMM of two activations on a CPU (``gemm_cpu``); the convolution
+(``conv_cpu``) and the row-wise softmax and layer norm (``rows_cpu``) on a CPU are imported by
+the rewrites that use them."""
 
 from targets.tvm.kernels.formats import Format, Packed, block_fill, index_dtype, pack, unpack
 from targets.tvm.kernels.gemm_cpu import gemm_kernel
