@@ -65,6 +65,15 @@ def export_relax(state: State, fix_indices: bool = True) -> Any:
         return from_exported_program(program, keep_params_as_input=False)
 
 
+def static_shape(expr: Any) -> list[int] | None:
+    """The shape of a Relax tensor expression as integers, or None when it is symbolic or not
+    known (the rewrites then leave the expression to TVM)."""
+    try:
+        return [int(d) for d in expr.ty.shape]
+    except (TypeError, AttributeError, ValueError):
+        return None
+
+
 def weight_digest(weight: np.ndarray) -> bytes:
     """A weight's SHA-256 with its shape and dtype, read in place (no copy: a large model's
     weights are hundreds of MB)."""

@@ -41,6 +41,7 @@ def fast_math_pass(lanes: int) -> Any:
     from tvm import relax, topi
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
+    from targets.tvm.export import static_shape
     from targets.tvm.kernels.rows_cpu import layer_norm_kernel, softmax_kernel
 
     def softmax(x: Any, axis: int) -> Any:
@@ -56,12 +57,6 @@ def fast_math_pass(lanes: int) -> Any:
     }
 
     kernels: dict[tuple, Any] = {}
-
-    def static_shape(x: Any) -> list[int]:
-        try:
-            return [int(d) for d in x.ty.shape]
-        except (TypeError, AttributeError, ValueError):  # a symbolic shape
-            return []
 
     @mutator
     class FastMath(PyExprMutator):

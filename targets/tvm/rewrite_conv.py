@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from targets.tvm.export import weight_digest
+from targets.tvm.export import static_shape, weight_digest
 from targets.tvm.kernels.conv_cpu import (
     ConvShape,
     Epilogue,
@@ -48,10 +48,10 @@ def conv_shape(
         return None
     if str(attrs.out_dtype) not in ("", "float32") or weight.dtype != np.float32:
         return None
-    try:
-        n, c, h, w = (int(d) for d in data.ty.shape)
-    except (TypeError, AttributeError, ValueError):
+    dims = static_shape(data)
+    if dims is None or len(dims) != 4:
         return None
+    n, c, h, w = dims
     strides, dilation = [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation]
     if n != 1 or len(set(strides)) != 1 or len(set(dilation)) != 1:
         return None
@@ -100,9 +100,7 @@ def fold_batch_norms(mod: Any, names: dict[bytes, str] | None = None) -> Any:
 def channel_bias(add: Any, constant: np.ndarray, channels: int) -> np.ndarray | None:
     """The constant that ``add`` adds to a convolution's NCHW output as a bias per output channel
     (what it adds broadcasts as (1, O, 1, 1) does), or None when it adds anything else."""
-    try:
-        shape = [int(d) for d in add.args[1].ty.shape]
-    except (TypeError, AttributeError, ValueError):
+    if (shape := static_shape(add.args[1])) is None:
         return None
     shape = [1] * (4 - len(shape)) + shape
     if constant.dtype != np.float32 or constant.size != channels or shape != [1, channels, 1, 1]:
@@ -193,7 +191,7 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
                 return call
         if (add := next((p for p in sums if p in matches), None)) is not None:
             residual = matches[add].args[1]  # the variable (the match is its value)
-            if [int(d) for d in residual.ty.shape] != [1, o, oh, ow] or residual.ty.dtype != "float32":
+            if static_shape(residual) != [1, o, oh, ow] or residual.ty.dtype != "float32":
                 return call
         low = high = None
         if call.op.name in ("relax.nn.relu", "relax.clip"):
