@@ -70,7 +70,7 @@ class KernelChooser:
         formats = self.kernels.candidates(weight, batch, self.threshold, self.fp16)
         if not self.measure:
             return Choice(self.kernels.rule(weight, batch, self.threshold, self.fp16))
-        key = self._key(weight, batch, formats)
+        key = self._key(weight, batch, [f.name for f in formats])
         hit = self._cache.get(key)
         if hit is not None:
             fmt = Format(**{**hit["format"], "block": tuple(hit["format"]["block"])})
@@ -83,6 +83,31 @@ class KernelChooser:
         self._save_cache()
         return Choice(best, times)
 
+    def choose_kernel(
+        self,
+        weight: np.ndarray,
+        batch: int,
+        kind: str,
+        candidates: list[Format],
+        make: Callable[[Format], tuple[Any, list[np.ndarray]]],
+    ) -> Choice:
+        """The fastest of ``candidates`` for a layer kernel other than the matmul (``kind`` names
+        it and its sizes, e.g. ``lstm-64``): ``make(fmt)`` gives its TIR function and arguments
+        (outputs last). Without timing, the first candidate. Cached like the matmuls' choices."""
+        if not self.measure:
+            return Choice(candidates[0])
+        key = self._key(weight, batch, [kind, *(f.name for f in candidates)])
+        hit = self._cache.get(key)
+        if hit is not None:
+            fmt = Format(**{**hit["format"], "block": tuple(hit["format"]["block"])})
+            return Choice(fmt, hit["times_ms"], cached=True)
+        seconds = self.time_calls([make(fmt) for fmt in candidates])
+        times = {self.label(fmt): t * 1e3 for fmt, t in zip(candidates, seconds, strict=True)}
+        best = min(candidates, key=lambda f: times[self.label(f)])
+        self._cache[key] = {"format": asdict(best), "times_ms": times}
+        self._save_cache()
+        return Choice(best, times)
+
     def build(self, packed: Packed, batch: int) -> Any:
         """The TIR function ``rewrite_matmuls`` puts in the model for ``packed`` (None: the
         matmul stays TVM's)."""
@@ -91,9 +116,8 @@ class KernelChooser:
     def label(self, fmt: Format) -> str:
         return self.kernels.label(fmt)
 
-    def _key(self, weight: np.ndarray, batch: int, formats: list[Format]) -> str:
+    def _key(self, weight: np.ndarray, batch: int, names: list[str]) -> str:
         h = hashlib.sha256()
-        names = [f.name for f in formats]
         threads = set_threads() if self.device.session is None else self.device.info.get("cpus")
         key = [CACHE_VERSION, self.target, self.device.cache_key, threads, batch, list(weight.shape), names]
         h.update(json.dumps(key).encode())
@@ -101,9 +125,19 @@ class KernelChooser:
         return h.hexdigest()
 
     def _time(self, kernels: list[tuple[Any, Packed]], batch: int) -> list[float]:
+        rng = np.random.default_rng(0)
+        calls = []
+        for func, packed in kernels:
+            n, k = packed.shape
+            x = rng.standard_normal((batch, k)).astype(np.float32)
+            calls.append((func, [x, *packed.arrays, np.zeros((batch, n), np.float32)]))
+        return self.time_calls(calls)
+
+    def time_calls(self, calls: list[tuple[Any, list[np.ndarray]]]) -> list[float]:
+        """Seconds per call of each TIR function on its arguments, on the device."""
         import tvm
 
-        funcs = {f"k{i}": func.with_attr("global_symbol", f"k{i}") for i, (func, _) in enumerate(kernels)}
+        funcs = {f"k{i}": func.with_attr("global_symbol", f"k{i}") for i, (func, _) in enumerate(calls)}
         lib = tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(self.target))
         if self.device.session is None:
             set_threads()
@@ -117,13 +151,9 @@ class KernelChooser:
                 module = load_library(self.device, path, str(host["mtriple"]).split("-")[0])
             dev = self.device.session.device(self.kernels.device_type)
         times = []
-        rng = np.random.default_rng(0)
         with self.device.errors("timing the candidate kernels"):
-            for i, (_, packed) in enumerate(kernels):
-                n, k = packed.shape
-                x = rng.standard_normal((batch, k)).astype(np.float32)
-                arrays = (x, *packed.arrays, np.zeros((batch, n), np.float32))
-                args = [tvm.runtime.tensor(a, dev) for a in arrays]
+            for i, (_, arrays) in enumerate(calls):
+                args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
                 timer = module.time_evaluator(f"k{i}", dev, number=1, repeat=7, min_repeat_ms=10)
                 times.append(float(np.median(timer(*args).results)))
         return times

@@ -49,6 +49,7 @@ class CpuKernels:
     device_type = "cpu"
     schedule = True
     direct_conv = True
+    recurrent = True
 
     def candidates(self, weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> list[Format]:
         return candidates(weight, batch, threshold, fp16)

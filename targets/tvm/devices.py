@@ -25,6 +25,7 @@ class Kernels(Protocol):
     device_type: str  # "cpu" or "cuda": where the kernels run
     schedule: bool  # our schedules for what TVM's default pipeline leaves unscheduled
     direct_conv: bool  # convolutions through ``kernels.conv_cpu``
+    recurrent: bool  # LSTM layers through ``kernels.recurrent_cpu``
 
     def candidates(self, weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> list[Format]:
         """The formats worth timing for ``weight`` at ``batch``."""

@@ -140,6 +140,7 @@ class GpuKernels:
     device_type = "cuda"
     schedule = False  # TVM's GPU pipeline schedules the rest (dlight)
     direct_conv = False
+    recurrent = False
 
     def candidates(self, weight: np.ndarray, batch: int, threshold: float, fp16: bool) -> list[Format]:
         return gpu_candidates(weight, batch, threshold, fp16)

@@ -150,8 +150,16 @@ def rewrite_main(
     mod["main"] = main
     if shared:
         mod = relax.transform.EliminateCommonSubexpr()(mod)
+    return drop_unused(mod, before)
+
+
+def drop_unused(mod: Any, before: set[str]) -> Any:
+    """``mod`` without what no longer reaches ``main``'s output: dead bindings, and the functions
+    added since ``before`` (names) that ``main`` does not call (DCE keeps a function with a
+    global symbol)."""
+    from tvm import relax
+
     mod = relax.transform.DeadCodeElimination(["main"])(mod)
-    # what the rewriter added and main does not call (it keeps functions with a global symbol)
     called = {gvar.name_hint for gvar in relax.analysis.all_global_vars(mod["main"])}
     for gvar in mod.get_global_vars():
         if gvar.name_hint not in before | called | {"main"}:

@@ -233,6 +233,7 @@ def test_emulate_builds_verifies_and_measures_both_backends(root: Path, tmp_path
     assert result["machine"] == "aarch64" and result["verified"] is True
 
 
+@pytest.mark.slow  # 2.5 minutes: two emulated devices
 @emulator
 def test_through_a_tracker_with_two_emulated_devices(root: Path, tmp_path: Path) -> None:
     from tvm import rpc
@@ -263,6 +264,7 @@ class KillAt(QuietUI):
         yield
 
 
+@pytest.mark.slow  # 1 minute: qemu
 @emulator
 def test_device_lost_mid_measurement(root: Path, tmp_path: Path) -> None:
     with Emulator(root) as emu:

@@ -1,0 +1,156 @@
+"""A whole LSTM layer on a CPU in one TIR function: the time loop kept as a loop, each step's
+recurrent matmul (``W_hh`` dense or CSR) and gate arithmetic fused, in parallel over groups of
+hidden units.
+
+Unrolled, each step of a small LSTM costs a kernel call for the matmul, one or two for the
+gates and the VM's dispatch around them, more than the work itself. Here a step is one pass over
+the hidden units: a group of ``lanes`` units takes its four gate rows of ``W_hh`` (dot products
+with the previous ``h``, dense or over the row's nonzeros), adds the biases and the step's input
+projection (computed beforehand for every step at once, as torch does), and updates ``c`` and
+``h`` in vector registers. ``h`` alternates between two buffers, so a step reads the previous one
+while it writes the next; every hidden unit's output is written by one work item only.
+
+The gates follow torch's order (input, forget, cell, output): ``c = f * c + i * g``,
+``h = o * tanh(c)``. The exponentials are ``rows_cpu.fast_exp``; ``tanh(x) = 2 sigmoid(2x) - 1``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from targets.tvm.kernels.formats import Packed
+from targets.tvm.kernels.rows_cpu import fast_exp
+
+CHUNKS = 64  # parallel work items per step at most (groups of hidden units per item: the rest)
+CHAINS = 4  # independent accumulators of a CSR row: one would wait on each FMA's latency
+
+
+def sigmoid(x: Any) -> Any:
+    from tvm import tirx
+
+    one = tirx.const(1.0, "float32")
+    return one / (one + fast_exp(tirx.const(0.0, "float32") - x))
+
+
+def tanh(x: Any) -> Any:
+    from tvm import tirx
+
+    two = tirx.const(2.0, "float32")
+    return two * sigmoid(two * x) - tirx.const(1.0, "float32")
+
+
+def lstm_kernel(packed: Packed, steps: int, batch: int, lanes: int) -> Any:
+    """The TIR function of an LSTM layer over ``steps`` steps, ``packed`` its ``W_hh`` (4H x H),
+    dense or CSR (1x1 blocks).
+
+    Arguments: ``xp`` (steps, batch, 4H), the input projections ``x_t @ W_ih.T + b_ih`` in step
+    order; ``weight_arrays(packed)``; ``bias`` (4H,), ``b_hh``; ``h0`` and ``c0`` (batch, H).
+    Outputs: ``hs`` (steps, batch, H), each step's ``h``, and ``c`` (batch, H), the last cell state.
+    """
+    from tvm.script import tirx as T
+
+    rows, hidden = packed.shape
+    if rows != 4 * hidden:
+        raise ValueError(f"an LSTM's W_hh is 4H x H; got {rows} x {hidden}")
+    dense = packed.format.kind == "dense"
+    if not dense and packed.format.block != (1, 1):
+        raise ValueError(f"the LSTM kernel takes W_hh dense or CSR, not {packed.format.name}")
+    values, indices, indptr = weight_arrays(packed)
+    u = packed.format.unroll
+    width = lanes * u if dense else u  # products summed in parallel per gate row
+    main = hidden // width * width
+    vec = lanes if hidden % lanes == 0 else 1
+    groups = hidden // vec
+    per = -(-groups // min(groups, CHUNKS)) if packed.format.parallel else groups
+    chunks = -(-groups // per)
+    loop = T.parallel if packed.format.parallel else T.serial
+    vdt, idt = str(values.dtype), str(indices.dtype)
+    chains = 1 if dense else CHAINS
+
+    @T.prim_func
+    def lstm_layer(
+        xp: T.Buffer((steps, batch, rows), "float32"),
+        w_values: T.Buffer(values.shape, vdt),
+        w_indices: T.Buffer(indices.shape, idt),
+        w_indptr: T.Buffer(indptr.shape, "int32"),
+        bias: T.Buffer((rows,), "float32"),
+        h0: T.Buffer((batch, hidden), "float32"),
+        c0: T.Buffer((batch, hidden), "float32"),
+        hs: T.Buffer((steps, batch, hidden), "float32"),
+        c: T.Buffer((batch, hidden), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        h = T.alloc_buffer((2, batch, hidden), "float32")
+        for b, i in T.grid(batch, hidden):
+            h[0, b, i] = h0[b, i]
+            c[b, i] = c0[b, i]
+        for t in range(steps):
+            for chunk in loop(chunks):
+                gate = T.alloc_buffer((4, vec), "float32", scope="local")
+                acc = T.alloc_buffer((chains, width), "float32", scope="local")
+                for g0 in range(T.min(per, groups - chunk * per)):
+                    first: T.let = (chunk * per + g0) * vec
+                    for b in range(batch):
+                        for g, v in T.grid(4, vec):
+                            row: T.let = g * hidden + first + v
+                            for a in T.unroll(chains):
+                                for j in T.vectorized(width):
+                                    acc[a, j] = T.float32(0)
+                            gate[g, v] = bias[row] + xp[t, b, row]
+                            if dense:
+                                for p in range(hidden // width):
+                                    for j in T.vectorized(width):
+                                        acc[0, j] = (
+                                            acc[0, j]
+                                            + T.Cast("float32", w_values[row, p * width + j])
+                                            * h[t % 2, b, p * width + j]
+                                        )
+                                for p in range(hidden - main):
+                                    gate[g, v] = (
+                                        gate[g, v]
+                                        + T.Cast("float32", w_values[row, main + p]) * h[t % 2, b, main + p]
+                                    )
+                            else:
+                                start: T.let = w_indptr[row]
+                                count: T.let = w_indptr[row + 1] - start
+                                for q in range(count // chains):
+                                    for a in T.unroll(chains):
+                                        p: T.let = start + q * chains + a
+                                        for j in T.vectorized(width):
+                                            acc[a, j] = (
+                                                acc[a, j]
+                                                + T.Cast("float32", w_values[p * width + j, 0, 0])
+                                                * h[t % 2, b, T.Cast("int32", w_indices[p * width + j])]
+                                            )
+                                for q in range(count % chains):
+                                    p: T.let = start + count // chains * chains + q
+                                    for j in T.vectorized(width):
+                                        acc[0, j] = (
+                                            acc[0, j]
+                                            + T.Cast("float32", w_values[p * width + j, 0, 0])
+                                            * h[t % 2, b, T.Cast("int32", w_indices[p * width + j])]
+                                        )
+                            for a in T.unroll(1, chains):
+                                for j in T.vectorized(width):
+                                    acc[0, j] = acc[0, j] + acc[a, j]
+                            for j in T.unroll(width):
+                                gate[g, v] = gate[g, v] + acc[0, j]
+                        for v in T.vectorized(vec):
+                            c[b, first + v] = sigmoid(gate[1, v]) * c[b, first + v] + sigmoid(
+                                gate[0, v]
+                            ) * tanh(gate[2, v])
+                        for v in T.vectorized(vec):
+                            hs[t, b, first + v] = sigmoid(gate[3, v]) * tanh(c[b, first + v])
+                            h[(t + 1) % 2, b, first + v] = hs[t, b, first + v]
+
+    return lstm_layer
+
+
+def weight_arrays(packed: Packed) -> list[np.ndarray]:
+    """The weight arguments of ``lstm_kernel``: CSR's values, indices and indptr; a dense weight
+    with two one-element placeholders."""
+    if packed.format.kind == "dense":
+        return [packed.arrays[0], np.zeros(1, np.uint16), np.zeros(1, np.int32)]
+    return list(packed.arrays)
