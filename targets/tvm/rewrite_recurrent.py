@@ -348,7 +348,7 @@ def rewrite_lstms(
         gvar = builder.add_func(lstm_kernel(packed, count, batch, lanes).with_attrs(attrs), symbol)
         bias = step.bias if step.bias is not None else np.zeros(4 * hidden, np.float32)
         consts = [relax.const(np.ascontiguousarray(a)) for a in (*weight_arrays(packed), bias)]
-        at_first[step.h] = (chain, gvar, consts)
+        at_first[step.c] = at_first[step.h] = (chain, gvar, consts)  # at whichever comes first
         records.append(
             Layer(
                 name=names.get(weight_digest(step.weight), f"lstm{index}.weight_hh"),
@@ -371,7 +371,7 @@ def rewrite_lstms(
 
         def visit_var_binding_(self, binding: Any) -> None:
             var = binding.var
-            if var in at_first:
+            if var in at_first and var not in self.outputs:
                 self.emit_layer(*at_first[var])
             if var in self.outputs:
                 result, t, shape = self.outputs[var]

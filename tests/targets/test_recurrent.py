@@ -82,3 +82,23 @@ def test_each_lstm_layer_becomes_one_call_of_our_kernel(tmp_path: Path) -> None:
         assert layers[name]["format"].startswith("lstm-layer+csr-") and layers[name]["calls"] == 1
         assert layers[name]["batch"] == 2
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+
+
+def test_a_single_step_from_a_given_state_returns_the_kernels_state(tmp_path: Path) -> None:
+    """One step per call (a language model generating): the new ``c`` is computed before the
+    step's ``h``, and must come from the kernel too, or the unrolled step would still run."""
+    torch.manual_seed(0)
+    module = Stacked().eval()
+    module.lstm = nn.LSTM(6, 16, batch_first=True)
+    prune(module.lstm.weight_hh_l0, 0.8)
+    state = State(
+        module=module, example_inputs=(torch.randn(1, 1, 6), torch.randn(1, 1, 16), torch.randn(1, 1, 16))
+    )
+    artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
+    recurrent = [layer for layer in runner.layers if layer["name"] == "lstm.weight_hh_l0"]
+    assert (
+        len(recurrent) == 1
+        and recurrent[0]["format"].startswith("lstm-layer+")
+        and recurrent[0]["calls"] == 1
+    )
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
