@@ -18,7 +18,7 @@ from targets.tvm.library import pack_imports
 from targets.tvm.params import LiftConstants
 from targets.tvm.rewrite import Layer, count_calls, rewrite_gemms, rewrite_matmuls
 from targets.tvm.rewrite_conv import fold_batch_norms, rewrite_convs
-from targets.tvm.rewrite_recurrent import rewrite_lstms
+from targets.tvm.rewrite_recurrent import rewrite_recurrent
 from targets.tvm.schedule import relax_pipeline
 
 
@@ -77,7 +77,7 @@ class TvmBackend:
                 names = parameter_names(state)
                 cells: list[Layer] = []
                 if spec.kernels.recurrent:  # before the matmuls: it takes the steps' own
-                    module, cells = rewrite_lstms(module, chooser, vector_lanes(tvm_target), names)
+                    module, cells = rewrite_recurrent(module, chooser, vector_lanes(tvm_target), names)
                 module, self.layers = rewrite_matmuls(
                     module, chooser.choose, chooser.build, names, chooser.label
                 )

@@ -1,10 +1,12 @@
-"""The Relax rewrite of LSTM layers: the steps ``torch.export`` unrolls become one call to
-``kernels.recurrent_cpu.lstm_kernel``, the time loop kept as a loop.
+"""The Relax rewrite of LSTM and GRU layers: the steps ``torch.export`` unrolls become one call
+to ``kernels.recurrent_cpu.recurrent_kernel``, the time loop kept as a loop.
 
 torch decomposes ``nn.LSTM`` (``torch._decomp``'s ``one_layer_lstm``, per layer and direction)
 into the input projection of every step at once, ``xp = x @ W_ih.T + b_ih``, then per step
-``gates = linear(h, W_hh, b_hh) + xp[t]``, ``chunk(4)``, and the gate arithmetic. Each step is
-matched on that dataflow (``match_step``); a chain of steps, each reading the previous one's
+``gates = linear(h, W_hh, b_hh) + xp[t]``, ``chunk(4)``, and the gate arithmetic; ``nn.GRU``
+(``one_layer_rnn`` with ``gru_cell``) likewise, chunking both ``xp[t]`` and
+``linear(h, W_hh, b_hh)`` in three. Each step is matched on that dataflow (``match_step``,
+``match_gru_step``); a chain of steps, each reading the previous one's
 ``h`` and ``c`` and slice ``t`` of one ``xp``, is a layer. Its steps' ``h`` become slices of the
 kernel's output and its last ``c`` the kernel's; the unrolled ops then reach nothing and are
 dropped. A value the chain does not account for (an intermediate ``c`` read elsewhere) keeps
@@ -22,7 +24,7 @@ import numpy as np
 from targets.tvm.choose import Choice
 from targets.tvm.export import static_shape, weight_digest
 from targets.tvm.kernels import Format, Packed, pack
-from targets.tvm.kernels.recurrent_cpu import lstm_kernel, weight_arrays
+from targets.tvm.kernels.recurrent_cpu import GATES, recurrent_kernel, weight_arrays
 from targets.tvm.rewrite import Layer, drop_unused
 
 VIEWS = ("relax.reshape", "relax.squeeze", "relax.expand_dims")
@@ -30,8 +32,9 @@ VIEWS = ("relax.reshape", "relax.squeeze", "relax.expand_dims")
 
 @dataclass
 class Step:
-    """One unrolled LSTM step: its outputs ``h`` and ``c`` (vars), what it reads (``h_prev`` and
-    ``c_prev`` as expressions, ``xp`` and the step ``t`` it slices) and its weight."""
+    """One unrolled LSTM or GRU step (``cell``): its outputs ``h`` and ``c`` (vars; a GRU has no
+    ``c``), what it reads (``h_prev`` and ``c_prev`` as expressions, ``xp`` and the step ``t`` it
+    slices) and its weight."""
 
     h: Any
     c: Any
@@ -39,8 +42,9 @@ class Step:
     c_prev: Any
     xp: Any
     t: int
-    weight: np.ndarray  # W_hh, 4H x H
+    weight: np.ndarray  # W_hh, 4H x H (a GRU's 3H x H)
     bias: np.ndarray | None  # b_hh
+    cell: str = "lstm"
 
 
 class Graph:
@@ -160,6 +164,92 @@ def match_step(graph: Graph, var: Any) -> Step | None:
     return Step(var, c, h_prev, terms[0], xp, t, weight, bias)
 
 
+def match_gru_step(graph: Graph, var: Any) -> Step | None:
+    """The GRU step whose ``h`` ``var`` is, or None: ``h = (h_prev - n) * z + n``,
+    ``n = tanh(xn + hn * r)``, ``r = sigmoid(hr + xr)``, ``z = sigmoid(hz + xz)``, where
+    ``xr, xz, xn`` are the chunks of ``xp[t]`` and ``hr, hz, hn`` those of
+    ``linear(h_prev, W_hh, b_hh)``."""
+    out = graph.call(var, "relax.add")
+    if out is None:
+        return None
+    is_tanh = lambda e: e if graph.call(e, "relax.tanh") is not None else None  # noqa: E731
+    found = graph.either(out, lambda e: graph.call(e, "relax.multiply"), is_tanh)
+    if found is None:
+        return None
+    product, n = found
+    found = graph.either(
+        product, lambda e: graph.call(e, "relax.subtract"), lambda e: graph.call(e, "relax.sigmoid")
+    )
+    if found is None or not found[0].args[1].same_as(n):
+        return None
+    z, h_prev = found[1], found[0].args[0]
+    splits = _gate_sum(graph, z.args[0], 1)
+    new = graph.call(graph.call(n, "relax.tanh").args[0], "relax.add")
+    if splits is None or new is None:
+        return None
+    recurrent, inputs = splits
+
+    def reset(e: Any) -> Any:  # hn * r, r = sigmoid(hr + xr)
+        product = graph.call(e, "relax.multiply")
+        if product is None:
+            return None
+        return graph.either(
+            product,
+            lambda x: x if _is_item(graph, x, recurrent, 2) else None,
+            lambda x: x if _gate_sum(graph, _argument(graph, x, "relax.sigmoid"), 0) == splits else None,
+        )
+
+    if graph.either(new, lambda e: e if _is_item(graph, e, inputs, 2) else None, reset) is None:
+        return None
+    linear = recurrent_linear(graph, graph.call(recurrent, "relax.split").args[0])
+    xp = step_input(graph, graph.call(inputs, "relax.split").args[0])
+    if linear is None or xp is None:
+        return None
+    h_lin, weight, bias = linear
+    hidden = weight.shape[1]
+    if weight.shape != (3 * hidden, hidden) or not graph.unview(h_lin).same_as(graph.unview(h_prev)):
+        return None
+    for split in (recurrent, inputs):
+        call = graph.call(split, "relax.split")
+        shape = static_shape(call.args[0])
+        sections = [int(i) for i in call.attrs.indices_or_sections]
+        if (
+            shape is None
+            or sections != [hidden, 2 * hidden]
+            or int(call.attrs.axis) not in (-1, len(shape) - 1)
+        ):
+            return None
+    return Step(var, None, h_prev, None, xp[0], xp[1], weight, bias, "gru")
+
+
+def _is_item(graph: Graph, expr: Any, split: Any, index: int) -> bool:
+    source = graph.item(expr, index)
+    return source is not None and source.same_as(split)
+
+
+def _argument(graph: Graph, expr: Any, op: str) -> Any:
+    """The operand of ``expr`` if it is a call of ``op``, else None."""
+    call = graph.call(expr, op)
+    return None if call is None else call.args[0]
+
+
+def _gate_sum(graph: Graph, expr: Any, index: int) -> tuple[Any, Any] | None:
+    """``expr`` is ``a[index] + b[index]`` for two splits, ``a`` of the recurrent linear and ``b``
+    of the step's input: ``(a, b)``, else None."""
+    add = None if expr is None else graph.call(expr, "relax.add")
+    if add is None:
+        return None
+
+    def split_of(e: Any, recurrent: bool) -> Any:
+        source = graph.item(e, index)
+        call = None if source is None else graph.call(source, "relax.split")
+        if call is None:
+            return None
+        return source if (recurrent_linear(graph, call.args[0]) is not None) == recurrent else None
+
+    return graph.either(add, lambda e: split_of(e, True), lambda e: split_of(e, False))
+
+
 def recurrent_linear(graph: Graph, expr: Any) -> tuple[Any, np.ndarray, np.ndarray | None] | None:
     """``expr`` is ``h @ W.T (+ b)`` for constant ``W`` and ``b`` (views around it allowed):
     ``(h, W, b)``, else None."""
@@ -210,7 +300,7 @@ def step_input(graph: Graph, expr: Any) -> tuple[Any, int] | None:
 
 @dataclass
 class Chain:
-    """An LSTM layer: its steps in order."""
+    """An LSTM or GRU layer: its steps in order."""
 
     steps: list[Step]
 
@@ -223,14 +313,18 @@ class Chain:
 
 
 def chains(graph: Graph, bindings: list[Any]) -> list[Chain]:
-    """The LSTM layers among ``bindings``: chains of steps on one ``xp`` and one weight, step
-    ``t`` reading step ``t - 1``'s outputs, ``xp`` holding exactly the chain's steps."""
-    steps = [s for b in bindings if (s := match_step(graph, b.var)) is not None]
+    """The LSTM and GRU layers among ``bindings``: chains of steps on one ``xp`` and one weight,
+    step ``t`` reading step ``t - 1``'s outputs, ``xp`` holding exactly the chain's steps."""
+    steps = [
+        s
+        for b in bindings
+        if (s := match_step(graph, b.var)) is not None or (s := match_gru_step(graph, b.var)) is not None
+    ]
     by_h = {s.h: s for s in steps}
     following: dict[Any, Step] = {}
     for s in steps:
         prev = by_h.get(graph.unview(s.h_prev))
-        if prev is not None and s.c_prev.same_as(prev.c):
+        if prev is not None and prev.cell == s.cell and (s.c_prev is None or s.c_prev.same_as(prev.c)):
             following[prev.h] = s
     firsts = [s for s in steps if graph.unview(s.h_prev) not in by_h]
     found = []
@@ -242,7 +336,8 @@ def chains(graph: Graph, bindings: list[Any]) -> list[Chain]:
             xp = static_shape(first.xp)
             layer = Chain(chain)
             count, batch, hidden = layer.shape
-            if xp is not None and int(np.prod(xp)) == count * batch * 4 * hidden and xp[0] == count:
+            gates = GATES[first.cell]
+            if xp is not None and int(np.prod(xp)) == count * batch * gates * hidden and xp[0] == count:
                 found.append(layer)
     return found
 
@@ -253,6 +348,7 @@ def _continues(first: Step, step: Step, t: int) -> bool:
     )
     return (
         step.t == t
+        and step.cell == first.cell
         and step.xp.same_as(first.xp)
         and same_bias
         and (step.weight is first.weight or np.array_equal(step.weight, first.weight))
@@ -260,7 +356,7 @@ def _continues(first: Step, step: Step, t: int) -> bool:
 
 
 def layer_format(choice: Format) -> Format:
-    """The LSTM kernel's storage for ``W_hh`` from the matmul format chosen for it: CSR or dense
+    """The recurrent kernel's storage for ``W_hh`` from the matmul format chosen for it: CSR or dense
     as chosen; block formats as CSR (the kernel takes 1x1 blocks), the GEMM as dense."""
     if choice.kind == "bsr":
         unroll = choice.unroll if choice.block == (1, 1) else 4
@@ -269,7 +365,7 @@ def layer_format(choice: Format) -> Format:
 
 
 def candidates(matmul: Format) -> list[Format]:
-    """The LSTM kernels timed for a layer: ``W_hh`` stored as chosen for the recurrent matmul
+    """The recurrent kernels timed for a layer: ``W_hh`` stored as chosen for the recurrent matmul
     (``layer_format``), on every core and on one (a small layer's step may cost less than
     waking the thread pool), and CSR also in pairs of nonzeros (less padding per row)."""
     fmt = layer_format(matmul)
@@ -279,20 +375,24 @@ def candidates(matmul: Format) -> list[Format]:
     return formats
 
 
-def timing_call(packed: Packed, steps: int, batch: int, lanes: int) -> tuple[Any, list[np.ndarray]]:
-    """The LSTM kernel for ``packed`` and arguments to time it on: random inputs and state (a
-    zero state would let nothing be skipped either, but real inputs are not zero)."""
+def timing_call(
+    packed: Packed, steps: int, batch: int, lanes: int, cell: str
+) -> tuple[Any, list[np.ndarray]]:
+    """The recurrent kernel for ``packed`` and arguments to time it on: random inputs and state
+    (real inputs are not zero)."""
     rows, hidden = packed.shape
     rng = np.random.default_rng(0)
+    state = (batch, hidden) if cell == "lstm" else (1,)
     arrays = [
         rng.standard_normal((steps, batch, rows)).astype(np.float32),
         *weight_arrays(packed),
         rng.standard_normal(rows).astype(np.float32),
-        *(rng.standard_normal((batch, hidden)).astype(np.float32) for _ in range(2)),
+        rng.standard_normal((batch, hidden)).astype(np.float32),
+        rng.standard_normal(state).astype(np.float32),
         np.zeros((steps, batch, hidden), np.float32),
-        np.zeros((batch, hidden), np.float32),
+        np.zeros(state, np.float32),
     ]
-    return lstm_kernel(packed, steps, batch, lanes), arrays
+    return recurrent_kernel(packed, steps, batch, lanes, cell), arrays
 
 
 class Chooser(Protocol):
@@ -310,10 +410,10 @@ class Chooser(Protocol):
     def label(self, fmt: Format) -> str: ...
 
 
-def rewrite_lstms(
+def rewrite_recurrent(
     mod: Any, chooser: Chooser, lanes: int, names: dict[bytes, str] | None = None
 ) -> tuple[Any, list[Layer]]:
-    """Replace each LSTM layer of ``main`` by a call to the LSTM kernel: ``W_hh`` stored as the
+    """Replace each LSTM or GRU layer of ``main`` by a call to the recurrent kernel: ``W_hh`` stored as the
     ``chooser`` picks for the recurrent matmul at the layer's batch, then the faster of that
     kernel on every core or on one, timed (``KernelChooser.choose_kernel``)."""
     from tvm import relax
@@ -334,30 +434,39 @@ def rewrite_lstms(
         step = chain.steps[0]
         matmul = chooser.choose(step.weight, batch)
 
+        cell, rows = step.cell, step.weight.shape[0]
+
         def make(
-            fmt: Format, weight: np.ndarray = step.weight, steps: int = count, batch: int = batch
+            fmt: Format,
+            weight: np.ndarray = step.weight,
+            steps: int = count,
+            batch: int = batch,
+            cell: str = cell,
         ) -> tuple[Any, list[np.ndarray]]:
-            return timing_call(pack(weight, fmt), steps, batch, lanes)
+            return timing_call(pack(weight, fmt), steps, batch, lanes, cell)
 
         kinds = candidates(matmul.format)
-        choice = chooser.choose_kernel(step.weight, batch, f"lstm-{count}", kinds, make)
+        choice = chooser.choose_kernel(step.weight, batch, f"{cell}-{count}", kinds, make)
         fmt = choice.format
         packed: Packed = pack(step.weight, fmt)
-        symbol = f"lstm_{fmt.name.replace('-', '_')}_{index}"
+        symbol = f"{cell}_{fmt.name.replace('-', '_')}_{index}"
         attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
-        gvar = builder.add_func(lstm_kernel(packed, count, batch, lanes).with_attrs(attrs), symbol)
-        bias = step.bias if step.bias is not None else np.zeros(4 * hidden, np.float32)
+        func = recurrent_kernel(packed, count, batch, lanes, cell)
+        gvar = builder.add_func(func.with_attrs(attrs), symbol)
+        bias = step.bias if step.bias is not None else np.zeros(rows, np.float32)
         consts = [relax.const(np.ascontiguousarray(a)) for a in (*weight_arrays(packed), bias)]
-        at_first[step.c] = at_first[step.h] = (chain, gvar, consts)  # at whichever comes first
+        for var in (step.c, step.h):  # the layer goes in at whichever comes first
+            if var is not None:
+                at_first[var] = (chain, gvar, consts)
         records.append(
             Layer(
-                name=names.get(weight_digest(step.weight), f"lstm{index}.weight_hh"),
-                shape=(4 * hidden, hidden),
+                name=names.get(weight_digest(step.weight), f"{cell}{index}.weight_hh"),
+                shape=(rows, hidden),
                 batch=batch,
                 sparsity=round(1.0 - np.count_nonzero(step.weight) / step.weight.size, 4),
-                format=f"lstm-layer+{chooser.label(fmt)}",
+                format=f"{cell}-layer+{chooser.label(fmt)}",
                 calls=None,
-                times_ms={f"lstm-layer+{f}": round(t, 5) for f, t in choice.times_ms.items()},
+                times_ms={f"{cell}-layer+{f}": round(t, 5) for f, t in choice.times_ms.items()},
                 cached=choice.cached,
                 symbol=symbol,
             )
@@ -400,22 +509,29 @@ def rewrite_lstms(
 
         def emit_layer(self, chain: Chain, gvar: Any, consts: list[Any]) -> None:
             count, batch, hidden = chain.shape
-            first = chain.steps[0]
-            state = (batch, hidden)
+            first, last = chain.steps[0], chain.steps[-1]
+            lstm = first.cell == "lstm"
+            state = (batch, hidden) if lstm else (1,)
+            rows = GATES[first.cell] * hidden
+            c0 = (
+                relax.op.reshape(self.visit_expr(first.c_prev), state)
+                if lstm
+                else relax.const(np.zeros(1, np.float32))
+            )
             args = [
-                relax.op.reshape(self.visit_expr(first.xp), (count, batch, 4 * hidden)),
-                *consts[:-1],
-                consts[-1],
-                relax.op.reshape(self.visit_expr(first.h_prev), state),
-                relax.op.reshape(self.visit_expr(first.c_prev), state),
+                relax.op.reshape(self.visit_expr(first.xp), (count, batch, rows)),
+                *consts,
+                relax.op.reshape(self.visit_expr(first.h_prev), (batch, hidden)),
+                c0,
             ]
             out_ty = [relax.TensorType((count, batch, hidden), "float32"), relax.TensorType(state, "float32")]
             result = self.builder_.emit(relax.call_tir(gvar, args, out_ty=out_ty))
             hs = self.builder_.emit(relax.TupleGetItem(result, 0))
-            c = self.builder_.emit(relax.TupleGetItem(result, 1))
             for t, step in enumerate(chain.steps):
                 self.outputs[step.h] = (hs, t, static_shape(step.h))
-            self.outputs[chain.steps[-1].c] = (c, None, static_shape(chain.steps[-1].c))
+            if lstm:
+                c = self.builder_.emit(relax.TupleGetItem(result, 1))
+                self.outputs[last.c] = (c, None, static_shape(last.c))
 
     before = {gvar.name_hint for gvar in mod.get_global_vars()}
     rewriter = Replace(builder.get())

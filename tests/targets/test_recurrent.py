@@ -1,6 +1,6 @@
-"""LSTM layers through our fused kernel: the kernel against torch, and the rewrite of the layers
-``torch.export`` unrolls (stacked, bidirectional, batch first, a given initial state, the last
-state returned)."""
+"""LSTM and GRU layers through our fused kernel: the kernel against torch, and the rewrite of the
+layers ``torch.export`` unrolls (stacked, bidirectional, batch first, a given initial state, the
+last state returned, one step)."""
 
 from __future__ import annotations
 
@@ -29,76 +29,81 @@ def prune(weight: torch.Tensor, sparsity: float) -> None:
     "fmt", [Format("bsr", (1, 1), 4), Format("bsr", (1, 1), 8, parallel=False), Format("dense", unroll=1)]
 )
 @pytest.mark.parametrize("hidden", [16, 20])  # vectors of 8 hidden units; 20: one at a time
-def test_lstm_kernel_matches_torch(fmt: Format, hidden: int) -> None:
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_kernel_matches_torch(fmt: Format, hidden: int, cell: str) -> None:
     import tvm
 
-    from targets.tvm.kernels.recurrent_cpu import lstm_kernel, weight_arrays
+    from targets.tvm.kernels.recurrent_cpu import recurrent_kernel, weight_arrays
 
     torch.manual_seed(0)
-    lstm = nn.LSTM(7, hidden).eval()
-    prune(lstm.weight_hh_l0, 0.8)
+    layer = (nn.LSTM if cell == "lstm" else nn.GRU)(7, hidden).eval()
+    prune(layer.weight_hh_l0, 0.8)
     steps, batch = 5, 3
     x, h0, c0 = torch.randn(steps, batch, 7), torch.randn(1, batch, hidden), torch.randn(1, batch, hidden)
     with torch.no_grad():
-        expected, (_, c_n) = lstm(x, (h0, c0))
-        xp = x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0
-    packed = pack(lstm.weight_hh_l0.detach().numpy(), fmt)
-    lib = tvm.compile(lstm_kernel(packed, steps, batch, 8), target=tvm.target.Target(host_target()))
-    state = [t.detach().numpy() for t in (xp, lstm.bias_hh_l0, h0[0], c0[0])]
+        expected, last = layer(x, (h0, c0) if cell == "lstm" else h0)
+        xp = x @ layer.weight_ih_l0.T + layer.bias_ih_l0
+    packed = pack(layer.weight_hh_l0.detach().numpy(), fmt)
+    func = recurrent_kernel(packed, steps, batch, 8, cell)
+    lib = tvm.compile(func, target=tvm.target.Target(host_target()))
+    state = [t.detach().numpy() for t in (xp, layer.bias_hh_l0, h0[0], c0[0])]
+    if cell == "gru":
+        state[-1] = np.zeros(1, np.float32)  # no cell state: a placeholder
     inputs = [state[0], *weight_arrays(packed), *state[1:]]
-    outputs = [np.zeros((steps, batch, hidden), np.float32), np.zeros((batch, hidden), np.float32)]
+    outputs = [np.zeros((steps, batch, hidden), np.float32), np.zeros(state[-1].shape, np.float32)]
     args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in (*inputs, *outputs)]
     lib(*args)
-    hs, c = args[-2].numpy(), args[-1].numpy()
+    hs = args[-2].numpy()
     np.testing.assert_allclose(hs, expected.numpy(), atol=2e-6)
-    np.testing.assert_allclose(c, c_n[0].numpy(), atol=2e-6)
+    if cell == "lstm":
+        np.testing.assert_allclose(args[-1].numpy(), last[1][0].numpy(), atol=2e-6)
     assert np.abs(hs).max() > 0.1  # the outputs are not all squashed to zero
 
 
 class Stacked(nn.Module):
-    """Two bidirectional batch-first LSTM layers from a given state, returning every output."""
+    """LSTM or GRU layers, batch first, from a given state, returning every output."""
 
-    def __init__(self) -> None:
+    def __init__(self, cell: str, layers: int = 2, bidirectional: bool = True) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(6, 16, num_layers=2, bidirectional=True, batch_first=True)
+        kind = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = kind(6, 16, num_layers=layers, bidirectional=bidirectional, batch_first=True)
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out, (h, c) = self.lstm(x, (h0, c0))
-        return out, h, c
+    def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, last = self.rnn(x, state if len(state) == 2 else state[0])
+        return (out, *last) if isinstance(last, tuple) else (out, last)
 
 
-def test_each_lstm_layer_becomes_one_call_of_our_kernel(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    module = Stacked().eval()
-    for name, p in module.lstm.named_parameters():
+def state_for(cell: str, module: Stacked, steps: int, batch: int = 2) -> State:
+    torch.manual_seed(1)
+    for name, p in module.rnn.named_parameters():
         if name.startswith("weight_hh"):
             prune(p, 0.8)
-    inputs = (torch.randn(2, 9, 6), torch.randn(4, 2, 16), torch.randn(4, 2, 16))
-    state = State(module=module, example_inputs=inputs)
+    layers = module.rnn.num_layers * (2 if module.rnn.bidirectional else 1)
+    states = [torch.randn(layers, batch, 16) for _ in range(2 if cell == "lstm" else 1)]
+    return State(module=module.eval(), example_inputs=(torch.randn(batch, steps, 6), *states))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_each_recurrent_layer_becomes_one_call_of_our_kernel(tmp_path: Path, cell: str) -> None:
+    torch.manual_seed(0)
+    state = state_for(cell, Stacked(cell), steps=9)
     artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
-    layers = {layer["name"]: layer for layer in runner.layers}
-    recurrent = [f"lstm.weight_hh_l{i}{s}" for i in (0, 1) for s in ("", "_reverse")]
-    for name in recurrent:  # one call per layer and direction, W_hh as CSR
-        assert layers[name]["format"].startswith("lstm-layer+csr-") and layers[name]["calls"] == 1
-        assert layers[name]["batch"] == 2
+    recurrent = [layer for layer in runner.layers if "weight_hh" in layer["name"]]
+    expected = {f"rnn.weight_hh_l{i}{s}" for i in (0, 1) for s in ("", "_reverse")}
+    assert {layer["name"] for layer in recurrent} == expected and len(recurrent) == 4
+    for layer in recurrent:  # one call per layer and direction, W_hh as CSR
+        assert layer["format"].startswith(f"{cell}-layer+csr-") and layer["calls"] == 1
+        assert layer["batch"] == 2
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
 
 
-def test_a_single_step_from_a_given_state_returns_the_kernels_state(tmp_path: Path) -> None:
-    """One step per call (a language model generating): the new ``c`` is computed before the
-    step's ``h``, and must come from the kernel too, or the unrolled step would still run."""
-    torch.manual_seed(0)
-    module = Stacked().eval()
-    module.lstm = nn.LSTM(6, 16, batch_first=True)
-    prune(module.lstm.weight_hh_l0, 0.8)
-    state = State(
-        module=module, example_inputs=(torch.randn(1, 1, 6), torch.randn(1, 1, 16), torch.randn(1, 1, 16))
-    )
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_single_step_from_a_given_state_returns_the_kernels_state(tmp_path: Path, cell: str) -> None:
+    """One step per call (a language model generating): an LSTM's new ``c`` is computed before
+    the step's ``h``, and must come from the kernel too, or the unrolled step would still run."""
+    state = state_for(cell, Stacked(cell, layers=1, bidirectional=False), steps=1, batch=1)
     artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
-    recurrent = [layer for layer in runner.layers if layer["name"] == "lstm.weight_hh_l0"]
-    assert (
-        len(recurrent) == 1
-        and recurrent[0]["format"].startswith("lstm-layer+")
-        and recurrent[0]["calls"] == 1
-    )
+    recurrent = [layer for layer in runner.layers if layer["name"] == "rnn.weight_hh_l0"]
+    assert len(recurrent) == 1 and recurrent[0]["format"].startswith(f"{cell}-layer+")
+    assert recurrent[0]["calls"] == 1
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4

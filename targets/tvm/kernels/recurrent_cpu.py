@@ -1,17 +1,19 @@
-"""A whole LSTM layer on a CPU in one TIR function: the time loop kept as a loop, each step's
-recurrent matmul (``W_hh`` dense or CSR) and gate arithmetic fused, in parallel over groups of
-hidden units.
+"""A whole LSTM or GRU layer on a CPU in one TIR function: the time loop kept as a loop, each
+step's recurrent matmul (``W_hh`` dense or CSR) and gate arithmetic fused, in parallel over
+groups of hidden units.
 
 Unrolled, each step of a small LSTM costs a kernel call for the matmul, one or two for the
 gates and the VM's dispatch around them, more than the work itself. Here a step is one pass over
-the hidden units: a group of ``lanes`` units takes its four gate rows of ``W_hh`` (dot products
-with the previous ``h``, dense or over the row's nonzeros), adds the biases and the step's input
-projection (computed beforehand for every step at once, as torch does), and updates ``c`` and
-``h`` in vector registers. ``h`` alternates between two buffers, so a step reads the previous one
-while it writes the next; every hidden unit's output is written by one work item only.
+the hidden units: a group of ``lanes`` units takes its gate rows of ``W_hh`` (four, a GRU's
+three: dot products with the previous ``h``, dense or over the row's nonzeros), adds the biases
+and the step's input projection (computed beforehand for every step at once, as torch does),
+and updates ``c`` and ``h`` in vector registers. ``h`` alternates between two buffers, so a
+step reads the previous one while it writes the next; every hidden unit's output is written by
+one work item only.
 
-The gates follow torch's order (input, forget, cell, output): ``c = f * c + i * g``,
-``h = o * tanh(c)``. The exponentials are ``rows_cpu.fast_exp``; ``tanh(x) = 2 sigmoid(2x) - 1``.
+The gates follow torch's order: an LSTM's input, forget, cell, output (``c = f * c + i * g``,
+``h = o * tanh(c)``), a GRU's reset, update, new. The exponentials are ``rows_cpu.fast_exp``;
+``tanh(x) = 2 sigmoid(2x) - 1``.
 """
 
 from __future__ import annotations
@@ -41,22 +43,32 @@ def tanh(x: Any) -> Any:
     return two * sigmoid(two * x) - tirx.const(1.0, "float32")
 
 
-def lstm_kernel(packed: Packed, steps: int, batch: int, lanes: int) -> Any:
-    """The TIR function of an LSTM layer over ``steps`` steps, ``packed`` its ``W_hh`` (4H x H),
-    dense or CSR (1x1 blocks).
+GATES = {"lstm": 4, "gru": 3}
 
-    Arguments: ``xp`` (steps, batch, 4H), the input projections ``x_t @ W_ih.T + b_ih`` in step
-    order; ``weight_arrays(packed)``; ``bias`` (4H,), ``b_hh``; ``h0`` and ``c0`` (batch, H).
-    Outputs: ``hs`` (steps, batch, H), each step's ``h``, and ``c`` (batch, H), the last cell state.
+
+def recurrent_kernel(packed: Packed, steps: int, batch: int, lanes: int, cell: str = "lstm") -> Any:
+    """The TIR function of an LSTM or GRU layer (``cell``) over ``steps`` steps, ``packed`` its
+    ``W_hh`` (4H x H, or 3H x H), dense or CSR (1x1 blocks).
+
+    Arguments: ``xp`` (steps, batch, 4H or 3H), the input projections ``x_t @ W_ih.T + b_ih`` in
+    step order; ``weight_arrays(packed)``; ``bias``, ``b_hh``; ``h0`` (batch, H); ``c0`` (batch,
+    H; a GRU's is a placeholder of shape (1,)). Outputs: ``hs`` (steps, batch, H), each step's
+    ``h``, and ``c``, the last cell state (a GRU's a placeholder).
+
+    A GRU step (torch's): ``r = sigmoid(xr + hr)``, ``z = sigmoid(xz + hz)``,
+    ``n = tanh(xn + r * hn)``, ``h = (h_prev - n) * z + n``, ``hr, hz, hn`` including ``b_hh``.
     """
     from tvm.script import tirx as T
 
     rows, hidden = packed.shape
-    if rows != 4 * hidden:
-        raise ValueError(f"an LSTM's W_hh is 4H x H; got {rows} x {hidden}")
+    gates = GATES[cell]
+    lstm = cell == "lstm"
+    if rows != gates * hidden:
+        raise ValueError(f"{cell}'s W_hh is {gates}H x H; got {rows} x {hidden}")
     dense = packed.format.kind == "dense"
     if not dense and packed.format.block != (1, 1):
-        raise ValueError(f"the LSTM kernel takes W_hh dense or CSR, not {packed.format.name}")
+        raise ValueError(f"the recurrent kernel takes W_hh dense or CSR, not {packed.format.name}")
+    state = (batch, hidden) if lstm else (1,)
     values, indices, indptr = weight_arrays(packed)
     u = packed.format.unroll
     width = lanes * u if dense else u  # products summed in parallel per gate row
@@ -70,35 +82,39 @@ def lstm_kernel(packed: Packed, steps: int, batch: int, lanes: int) -> Any:
     chains = 1 if dense else CHAINS
 
     @T.prim_func
-    def lstm_layer(
+    def recurrent_layer(
         xp: T.Buffer((steps, batch, rows), "float32"),
         w_values: T.Buffer(values.shape, vdt),
         w_indices: T.Buffer(indices.shape, idt),
         w_indptr: T.Buffer(indptr.shape, "int32"),
         bias: T.Buffer((rows,), "float32"),
         h0: T.Buffer((batch, hidden), "float32"),
-        c0: T.Buffer((batch, hidden), "float32"),
+        c0: T.Buffer(state, "float32"),
         hs: T.Buffer((steps, batch, hidden), "float32"),
-        c: T.Buffer((batch, hidden), "float32"),
+        c: T.Buffer(state, "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         h = T.alloc_buffer((2, batch, hidden), "float32")
         for b, i in T.grid(batch, hidden):
             h[0, b, i] = h0[b, i]
-            c[b, i] = c0[b, i]
+            if lstm:
+                c[b, i] = c0[b, i]
         for t in range(steps):
             for chunk in loop(chunks):
-                gate = T.alloc_buffer((4, vec), "float32", scope="local")
+                gate = T.alloc_buffer((gates, vec), "float32", scope="local")
                 acc = T.alloc_buffer((chains, width), "float32", scope="local")
                 for g0 in range(T.min(per, groups - chunk * per)):
                     first: T.let = (chunk * per + g0) * vec
                     for b in range(batch):
-                        for g, v in T.grid(4, vec):
+                        for g, v in T.grid(gates, vec):
                             row: T.let = g * hidden + first + v
                             for a in T.unroll(chains):
                                 for j in T.vectorized(width):
                                     acc[a, j] = T.float32(0)
-                            gate[g, v] = bias[row] + xp[t, b, row]
+                            if lstm:  # a GRU adds its input after the reset gate
+                                gate[g, v] = bias[row] + xp[t, b, row]
+                            else:
+                                gate[g, v] = bias[row]
                             if dense:
                                 for p in range(hidden // width):
                                     for j in T.vectorized(width):
@@ -137,19 +153,33 @@ def lstm_kernel(packed: Packed, steps: int, batch: int, lanes: int) -> Any:
                                     acc[0, j] = acc[0, j] + acc[a, j]
                             for j in T.unroll(width):
                                 gate[g, v] = gate[g, v] + acc[0, j]
+                        if lstm:
+                            for v in T.vectorized(vec):
+                                c[b, first + v] = sigmoid(gate[1, v]) * c[b, first + v] + sigmoid(
+                                    gate[0, v]
+                                ) * tanh(gate[2, v])
+                            for v in T.vectorized(vec):
+                                hs[t, b, first + v] = sigmoid(gate[3, v]) * tanh(c[b, first + v])
+                        else:
+                            for v in T.vectorized(vec):
+                                hs[t, b, first + v] = (
+                                    h[t % 2, b, first + v]
+                                    - tanh(
+                                        xp[t, b, 2 * hidden + first + v]
+                                        + sigmoid(gate[0, v] + xp[t, b, first + v]) * gate[2, v]
+                                    )
+                                ) * sigmoid(gate[1, v] + xp[t, b, hidden + first + v]) + tanh(
+                                    xp[t, b, 2 * hidden + first + v]
+                                    + sigmoid(gate[0, v] + xp[t, b, first + v]) * gate[2, v]
+                                )
                         for v in T.vectorized(vec):
-                            c[b, first + v] = sigmoid(gate[1, v]) * c[b, first + v] + sigmoid(
-                                gate[0, v]
-                            ) * tanh(gate[2, v])
-                        for v in T.vectorized(vec):
-                            hs[t, b, first + v] = sigmoid(gate[3, v]) * tanh(c[b, first + v])
                             h[(t + 1) % 2, b, first + v] = hs[t, b, first + v]
 
-    return lstm_layer
+    return recurrent_layer
 
 
 def weight_arrays(packed: Packed) -> list[np.ndarray]:
-    """The weight arguments of ``lstm_kernel``: CSR's values, indices and indptr; a dense weight
+    """The weight arguments of ``recurrent_kernel``: CSR's values, indices and indptr; a dense weight
     with two one-element placeholders."""
     if packed.format.kind == "dense":
         return [packed.arrays[0], np.zeros(1, np.uint16), np.zeros(1, np.int32)]
