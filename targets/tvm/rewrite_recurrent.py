@@ -283,6 +283,26 @@ def constant(expr: Any) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
 
 
+def input_bias(graph: Graph, xp: Any, rows: int) -> tuple[Any, np.ndarray] | None:
+    """``xp`` is ``p + b`` (views around it allowed) for a constant ``b`` of ``rows`` values, the
+    input projection's bias: ``(p, b)``, else None."""
+    add = graph.call(graph.unview(xp), "relax.add")
+    if add is None:
+        return None
+    found = graph.either(add, lambda e: e if constant(e) is None else None, constant)
+    if (
+        found is None
+        or found[1].dtype != np.float32
+        or found[1].shape[-1:] != (rows,)
+        or found[1].size != rows
+    ):
+        return None  # a bias along the last axis only
+    shape, expected = static_shape(found[0]), static_shape(xp)
+    if shape is None or expected is None or int(np.prod(shape)) != int(np.prod(expected)):
+        return None
+    return found[0], found[1].reshape(-1)
+
+
 def step_input(graph: Graph, expr: Any) -> tuple[Any, int] | None:
     """``expr`` is step ``t`` of ``xp`` (``xp[t:t+1]`` along axis 0, views around it allowed):
     ``(xp, t)``, else None."""
@@ -371,7 +391,7 @@ def candidates(matmul: Format) -> list[Format]:
     fmt = layer_format(matmul)
     formats = [fmt, replace(fmt, parallel=not fmt.parallel)]
     if fmt.sparse and fmt.unroll != 2:
-        formats.append(replace(fmt, unroll=2, parallel=False))
+        formats += [replace(f, unroll=2) for f in formats]
     return formats
 
 
@@ -428,7 +448,7 @@ def rewrite_recurrent(
         return mod, []
     builder = relax.BlockBuilder(mod)
     records: list[Layer] = []
-    at_first: dict[Any, tuple[Chain, Any, list[Any]]] = {}
+    at_first: dict[Any, tuple[Chain, Any, Any, list[Any]]] = {}
     for index, chain in enumerate(layers):
         count, batch, hidden = chain.shape
         step = chain.steps[0]
@@ -454,10 +474,13 @@ def rewrite_recurrent(
         func = recurrent_kernel(packed, count, batch, lanes, cell)
         gvar = builder.add_func(func.with_attrs(attrs), symbol)
         bias = step.bias if step.bias is not None else np.zeros(rows, np.float32)
+        xp = step.xp
+        if cell == "lstm" and (folded := input_bias(graph, xp, rows)) is not None:
+            xp, bias = folded[0], bias + folded[1]  # b_ih beside b_hh: one pass over xp fewer
         consts = [relax.const(np.ascontiguousarray(a)) for a in (*weight_arrays(packed), bias)]
         for var in (step.c, step.h):  # the layer goes in at whichever comes first
             if var is not None:
-                at_first[var] = (chain, gvar, consts)
+                at_first[var] = (chain, gvar, xp, consts)
         records.append(
             Layer(
                 name=names.get(weight_digest(step.weight), f"{cell}{index}.weight_hh"),
@@ -507,7 +530,7 @@ def rewrite_recurrent(
                     return self.outputs[hs[0]][0]
             return None
 
-        def emit_layer(self, chain: Chain, gvar: Any, consts: list[Any]) -> None:
+        def emit_layer(self, chain: Chain, gvar: Any, xp: Any, consts: list[Any]) -> None:
             count, batch, hidden = chain.shape
             first, last = chain.steps[0], chain.steps[-1]
             lstm = first.cell == "lstm"
@@ -519,7 +542,7 @@ def rewrite_recurrent(
                 else relax.const(np.zeros(1, np.float32))
             )
             args = [
-                relax.op.reshape(self.visit_expr(first.xp), (count, batch, rows)),
+                relax.op.reshape(self.visit_expr(xp), (count, batch, rows)),
                 *consts,
                 relax.op.reshape(self.visit_expr(first.h_prev), (batch, hidden)),
                 c0,
