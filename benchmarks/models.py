@@ -30,7 +30,7 @@ from models.real import MODELS, export
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
 DEFAULT = ["bert-mini", "bert-base", "resnet-18", "mobilenet-v2", "vit-tiny", "char-lstm"]
-FILES = {"char-lstm": ZOO / "char_lstm.pt"}
+FILES = {"char-lstm": ZOO / "char_lstm.pt", "char-gru": ZOO / "char_gru.pt"}
 
 
 def model_file(name: str, folder: Path) -> Path:
