@@ -3,13 +3,13 @@
 Usage: ``python benchmarks/models.py [--models NAME ...] [--sparsity 0.9 ...] [--block RxC]``
 
 For each model (``models/real.py`` at full size, random weights made from a seed, and the zoo's
-char-LSTM) and each sparsity: ``compress MODEL --backend all --sparsity S --json`` with an empty
-kernel cache, so TVM's compile time is the cold one. ``compress`` builds and verifies against
-torch the pruned model and the dense one with each backend and times all four artifacts each
-alone in its own worker process, in alternating turns (three per artifact, medians); the table
-gives those medians, each as a ratio to the fastest dense one (ONNX Runtime's, unless TVM's dense
-build beats it), and the seconds each TVM build took. ``--block`` prunes in RxC blocks instead
-of single weights.
+char-LSTM; char-GRU with ``--models char-gru``) and each sparsity: ``compress MODEL --backend
+all --sparsity S --json`` with an empty kernel cache, so TVM's compile time is the cold one.
+``compress`` builds and verifies against torch the pruned model and the dense one with each
+backend and times all four artifacts each alone in its own worker process, in alternating turns
+(three per artifact, medians); the table gives those medians, each as a ratio to the fastest
+dense one (ONNX Runtime's, unless TVM's dense build beats it), and the seconds each TVM build
+took. ``--block`` prunes in RxC blocks instead of single weights.
 """
 
 from __future__ import annotations
