@@ -71,17 +71,13 @@ class KernelChooser:
         if not self.measure:
             return Choice(self.kernels.rule(weight, batch, self.threshold, self.fp16))
         key = self._key(weight, batch, [f.name for f in formats])
-        hit = self._cache.get(key)
-        if hit is not None:
-            fmt = Format(**{**hit["format"], "block": tuple(hit["format"]["block"])})
-            return Choice(fmt, hit["times_ms"], cached=True)
-        kernels = [self.kernels.timed(pack(weight, fmt), batch, self.target) for fmt in formats]
-        seconds = self.timer(kernels, batch)
-        times = {self.label(fmt): t * 1e3 for fmt, t in zip(formats, seconds, strict=True)}
-        best = min(formats, key=lambda f: times[self.label(f)])
-        self._cache[key] = {"format": asdict(best), "times_ms": times}
-        self._save_cache()
-        return Choice(best, times)
+
+        def time() -> list[float]:
+            return self.timer(
+                [self.kernels.timed(pack(weight, f), batch, self.target) for f in formats], batch
+            )
+
+        return self._fastest(key, formats, time)
 
     def choose_kernel(
         self,
@@ -97,13 +93,17 @@ class KernelChooser:
         if not self.measure:
             return Choice(candidates[0])
         key = self._key(weight, batch, [kind, *(f.name for f in candidates)])
+        return self._fastest(key, candidates, lambda: self.time_calls([make(f) for f in candidates]))
+
+    def _fastest(self, key: str, formats: list[Format], time: Callable[[], list[float]]) -> Choice:
+        """The cached choice for ``key``, else the fastest of ``formats`` by ``time()`` (seconds
+        per call of each), cached."""
         hit = self._cache.get(key)
         if hit is not None:
             fmt = Format(**{**hit["format"], "block": tuple(hit["format"]["block"])})
             return Choice(fmt, hit["times_ms"], cached=True)
-        seconds = self.time_calls([make(fmt) for fmt in candidates])
-        times = {self.label(fmt): t * 1e3 for fmt, t in zip(candidates, seconds, strict=True)}
-        best = min(candidates, key=lambda f: times[self.label(f)])
+        times = {self.label(fmt): t * 1e3 for fmt, t in zip(formats, time(), strict=True)}
+        best = min(formats, key=lambda f: times[self.label(f)])
         self._cache[key] = {"format": asdict(best), "times_ms": times}
         self._save_cache()
         return Choice(best, times)

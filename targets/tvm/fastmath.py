@@ -43,6 +43,7 @@ def fast_math_pass(lanes: int) -> Any:
 
     from targets.tvm.export import static_shape
     from targets.tvm.kernels.rows_cpu import layer_norm_kernel, softmax_kernel
+    from targets.tvm.rewrite import add_kernel
 
     def softmax(x: Any, axis: int) -> Any:
         return topi.nn.fast_softmax(x, axis)
@@ -77,8 +78,7 @@ def fast_math_pass(lanes: int) -> Any:
             ``args`` (the first viewed as rows x n), returning ``shape``."""
             if key not in kernels:
                 symbol = f"{key[0]}_rows_{len(kernels)}"
-                attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
-                kernels[key] = self.builder_.add_func(make().with_attrs(attrs), symbol)
+                kernels[key] = add_kernel(self.builder_, make(), symbol)
             matrix = key[1:3]
             args = [relax.op.reshape(args[0], matrix), *args[1:]]
             out = relax.call_tir(kernels[key], args, out_ty=relax.TensorType(matrix, "float32"))

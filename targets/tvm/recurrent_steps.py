@@ -111,15 +111,8 @@ def match_step(graph: Graph, var: Any) -> Step | None:
     cell = graph.call(c, "relax.add")
     if split is None or cell is None:
         return None
-    shape = static_shape(split.args[0])
-    if shape is None or shape[-1] % 4:
-        return None
-    hidden = shape[-1] // 4
-    axis = int(split.attrs.axis)
-    if [int(i) for i in split.attrs.indices_or_sections] != [hidden, 2 * hidden, 3 * hidden] or axis not in (
-        -1,
-        len(shape) - 1,
-    ):
+    hidden = chunk_size(split, 4)
+    if hidden is None:
         return None
 
     def forget(e: Any) -> Any:  # f * c_prev: c_prev
@@ -160,8 +153,11 @@ def match_gru_step(graph: Graph, var: Any) -> Step | None:
     out = graph.call(var, "relax.add")
     if out is None:
         return None
-    is_tanh = lambda e: e if graph.call(e, "relax.tanh") is not None else None  # noqa: E731
-    found = graph.either(out, lambda e: graph.call(e, "relax.multiply"), is_tanh)
+    found = graph.either(
+        out,
+        lambda e: graph.call(e, "relax.multiply"),
+        lambda e: e if graph.call(e, "relax.tanh") is not None else None,
+    )
     if found is None:
         return None
     product, n = found
@@ -197,17 +193,23 @@ def match_gru_step(graph: Graph, var: Any) -> Step | None:
     hidden = weight.shape[1]
     if weight.shape != (3 * hidden, hidden) or not graph.unview(h_lin).same_as(graph.unview(h_prev)):
         return None
-    for split in (recurrent, inputs):
-        call = graph.call(split, "relax.split")
-        shape = static_shape(call.args[0])
-        sections = [int(i) for i in call.attrs.indices_or_sections]
-        if (
-            shape is None
-            or sections != [hidden, 2 * hidden]
-            or int(call.attrs.axis) not in (-1, len(shape) - 1)
-        ):
-            return None
+    if any(chunk_size(graph.call(split, "relax.split"), 3) != hidden for split in (recurrent, inputs)):
+        return None
     return Step(var, None, h_prev, None, xp[0], xp[1], weight, bias, "gru")
+
+
+def chunk_size(split: Any, parts: int) -> int | None:
+    """The size of each chunk when the ``split`` call cuts its input's last axis into ``parts``
+    equal chunks (torch's ``chunk``), else None."""
+    shape = static_shape(split.args[0])
+    if shape is None or shape[-1] % parts or int(split.attrs.axis) not in (-1, len(shape) - 1):
+        return None
+    size = shape[-1] // parts
+    try:
+        sections = [int(i) for i in split.attrs.indices_or_sections]
+    except TypeError:  # a number of sections, not indices
+        return None
+    return size if sections == [size * i for i in range(1, parts)] else None
 
 
 def _same(found: tuple[Any, Any] | None, expected: tuple[Any, Any]) -> bool:

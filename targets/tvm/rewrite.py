@@ -39,6 +39,14 @@ class Layer:
         return out
 
 
+def add_kernel(builder: Any, func: Any, symbol: str) -> Any:
+    """Add our TIR function ``func`` to ``builder``'s module as ``symbol``: marked scheduled, so
+    dlight leaves it alone, and opaque, so it is never fused into another function (it keeps
+    its name, which ``count_calls`` looks for in the bytecode). Returns its global var."""
+    attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
+    return builder.add_func(func.with_attrs(attrs), symbol)
+
+
 def count_calls(executable: Any, layers: list[Layer]) -> None:
     """Set each layer's ``calls`` from the VM's bytecode of ``main`` (after TVM's folding)."""
     import re
@@ -94,11 +102,8 @@ def rewrite_matmuls(
             choice = choose(weight, batch)
             packed: Packed = pack(weight, choice.format)
             symbol = f"{choice.format.name.replace('-', '_')}_{len(kernels)}"
-            # dlight leaves it alone; opaque: never fused into another function (it keeps its name,
-            # which ``count_calls`` looks for in the bytecode)
-            attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
             func = build(packed, batch)
-            gvar = None if func is None else builder.add_func(func.with_attrs(attrs), symbol)
+            gvar = None if func is None else add_kernel(builder, func, symbol)
             layer = Layer(
                 name=names.get(weight_digest(constant), f"weight{len(kernels)}"),
                 shape=(n, k),
@@ -201,8 +206,7 @@ def rewrite_gemms(mod: Any, kernel: Callable[[int, int, int, int], Any]) -> tupl
         key = (g, m, k, n)
         if key not in functions:
             symbol = f"gemm_activations_{len(functions)}"  # beside the weight kernels named gemm_N
-            attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
-            functions[key] = builder.add_func(kernel(*key).with_attrs(attrs), symbol)
+            functions[key] = add_kernel(builder, kernel(*key), symbol)
         rewritten += 1
         out = relax.call_tir(
             functions[key],

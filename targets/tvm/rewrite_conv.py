@@ -20,7 +20,7 @@ from targets.tvm.kernels.conv_cpu import (
     prepare_kernel,
     supported,
 )
-from targets.tvm.rewrite import Layer, rewrite_main
+from targets.tvm.rewrite import Layer, add_kernel, rewrite_main
 
 
 def zero_padding(pad: Any) -> tuple[int, int, int, int] | None:
@@ -202,9 +202,8 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
         blocks = channel_blocks(shape, int(np.count_nonzero(weight)), lanes)
         values, offsets, indptr = pack(weight, shape, blocks)
         symbol = f"conv_{len(layers)}"
-        attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
-        func = conv_kernel(shape, len(values), lanes, epilogue=epilogue, blocks=blocks).with_attrs(attrs)
-        gvar = builder.add_func(func, symbol)
+        func = conv_kernel(shape, len(values), lanes, epilogue=epilogue, blocks=blocks)
+        gvar = add_kernel(builder, func, symbol)
         _, cg, kh, kw = weight.shape
         layers.append(
             Layer(
@@ -228,8 +227,7 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
             key = (shape.channels, shape.height, shape.width, shape.stride, shape.padding)
             if key not in preparers:
                 name = f"prepare_conv_input_{len(preparers)}"
-                func = prepare_kernel(shape, lanes).with_attrs({**attrs, "global_symbol": name})
-                preparers[key] = builder.add_func(func, name)
+                preparers[key] = add_kernel(builder, prepare_kernel(shape, lanes), name)
             size = shape.prepared_size(lanes)
             prepared = relax.call_tir(preparers[key], [data], out_ty=relax.TensorType((size,), "float32"))
         unused = relax.const(np.zeros(1, np.float32))

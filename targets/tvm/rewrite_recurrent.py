@@ -15,18 +15,18 @@ its old ops, which now read the kernel's outputs: the result is the same either 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
 import numpy as np
 
-from targets.tvm.choose import Choice
+from targets.tvm.choose import KernelChooser
 from targets.tvm.export import static_shape, weight_digest
 from targets.tvm.kernels import Format, Packed, pack
 from targets.tvm.kernels.recurrent_cpu import GATES, recurrent_kernel, weight_arrays
 from targets.tvm.recurrent_steps import Chain, Graph, chains, input_bias
-from targets.tvm.rewrite import Layer, drop_unused
+from targets.tvm.rewrite import Layer, add_kernel, drop_unused
 
 
 def layer_format(choice: Format) -> Format:
@@ -50,10 +50,11 @@ def candidates(matmul: Format) -> list[Format]:
 
 
 def timing_call(
-    packed: Packed, steps: int, batch: int, lanes: int, cell: str
+    weight: np.ndarray, steps: int, batch: int, lanes: int, cell: str, fmt: Format
 ) -> tuple[Any, list[np.ndarray]]:
-    """The recurrent kernel for ``packed`` and arguments to time it on: random inputs and state
-    (real inputs are not zero)."""
+    """The recurrent kernel for ``weight`` stored as ``fmt``, and arguments to time it on: random
+    inputs and state (real inputs are not zero)."""
+    packed = pack(weight, fmt)
     rows, hidden = packed.shape
     rng = np.random.default_rng(0)
     state = (batch, hidden) if cell == "lstm" else (1,)
@@ -69,23 +70,8 @@ def timing_call(
     return recurrent_kernel(packed, steps, batch, lanes, cell), arrays
 
 
-class Chooser(Protocol):
-    def choose(self, weight: np.ndarray, batch: int) -> Choice: ...
-
-    def choose_kernel(
-        self,
-        weight: np.ndarray,
-        batch: int,
-        kind: str,
-        candidates: list[Format],
-        make: Callable[[Format], tuple[Any, list[np.ndarray]]],
-    ) -> Choice: ...
-
-    def label(self, fmt: Format) -> str: ...
-
-
 def rewrite_recurrent(
-    mod: Any, chooser: Chooser, lanes: int, names: dict[bytes, str] | None = None
+    mod: Any, chooser: KernelChooser, lanes: int, names: dict[bytes, str] | None = None
 ) -> tuple[Any, list[Layer]]:
     """Replace each LSTM or GRU layer of ``main`` by a call to the recurrent kernel: ``W_hh`` stored as the
     ``chooser`` picks for the recurrent matmul at the layer's batch, then the faster of that
@@ -106,27 +92,14 @@ def rewrite_recurrent(
     for index, chain in enumerate(layers):
         count, batch, hidden = chain.shape
         step = chain.steps[0]
-        matmul = chooser.choose(step.weight, batch)
-
         cell, rows = step.cell, step.weight.shape[0]
-
-        def make(
-            fmt: Format,
-            weight: np.ndarray = step.weight,
-            steps: int = count,
-            batch: int = batch,
-            cell: str = cell,
-        ) -> tuple[Any, list[np.ndarray]]:
-            return timing_call(pack(weight, fmt), steps, batch, lanes, cell)
-
-        kinds = candidates(matmul.format)
+        kinds = candidates(chooser.choose(step.weight, batch).format)
+        make = partial(timing_call, step.weight, count, batch, lanes, cell)
         choice = chooser.choose_kernel(step.weight, batch, f"{cell}-{count}", kinds, make)
         fmt = choice.format
         packed: Packed = pack(step.weight, fmt)
         symbol = f"{cell}_{fmt.name.replace('-', '_')}_{index}"
-        attrs = {"global_symbol": symbol, "tirx.is_scheduled": True, "op_pattern": 8}
-        func = recurrent_kernel(packed, count, batch, lanes, cell)
-        gvar = builder.add_func(func.with_attrs(attrs), symbol)
+        gvar = add_kernel(builder, recurrent_kernel(packed, count, batch, lanes, cell), symbol)
         bias = step.bias if step.bias is not None else np.zeros(rows, np.float32)
         xp = step.xp
         if cell == "lstm" and (folded := input_bias(graph, xp, rows)) is not None:
