@@ -86,7 +86,7 @@ class TvmBackend:
                     module, self.gemms = rewrite_gemms(module, gemm)
                 if spec.kernels.direct_conv:
                     module = fold_batch_norms(module, names)
-                    module, convs = rewrite_convs(module, vector_lanes(tvm_target), names)
+                    module, convs = rewrite_convs(module, vector_lanes(tvm_target), names, chooser)
                     self.layers += convs
             target_obj = tvm.target.Target(tvm_target)
             lift = LiftConstants()

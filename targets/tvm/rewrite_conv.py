@@ -6,11 +6,14 @@ epilogue."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from targets.tvm.choose import Choice, KernelChooser
 from targets.tvm.export import static_shape, weight_digest
+from targets.tvm.kernels import Format, block_fill
 from targets.tvm.kernels.conv_cpu import (
     ConvShape,
     Epilogue,
@@ -148,9 +151,66 @@ def convolutions_first(mod: Any) -> Any:
     return rewrite_main(mod, is_op("relax.add")(wildcard(), wildcard()), rewriter)
 
 
-def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -> tuple[Any, list[Layer]]:
+def storage_name(rows: int) -> str:
+    """The weight's storage for blocks of ``rows`` output channels: ``csr`` (the nonzeros),
+    ``bsr4x1`` (blocks of 4 output channels by one tap)."""
+    return "csr" if rows == 1 else f"bsr{rows}x1"
+
+
+DENSE_FILL = 0.75  # the stored fill above which blocks of output channels are the rule's pick
+
+
+def block_candidates(weight: np.ndarray, groups: int) -> list[Format]:
+    """The storages timed for a convolution's weight: blocks of 1, 2 and 4 output channels (of
+    one group) sharing their taps, the rule's pick first: the largest block whose stored taps
+    are at least ``DENSE_FILL`` nonzeros — a dense or nearly dense weight loads each input
+    vector once for several output channels; a sparse one stores only its nonzeros."""
+    per_group = weight.shape[0] // groups
+    flat = weight.reshape(weight.shape[0], -1)
+    rows = [r for r in (1, 2, 4) if per_group % r == 0]
+    pick = max(r for r in rows if r == 1 or block_fill(flat, (r, 1)) >= DENSE_FILL)
+    return [Format("bsr", (r, 1), 1) for r in sorted(rows, key=lambda r: r != pick)]
+
+
+def timing_call(
+    weight: np.ndarray, shape: ConvShape, epilogue: Epilogue, lanes: int, fmt: Format
+) -> tuple[Any, list[np.ndarray]]:
+    """The convolution kernel for ``weight`` stored as ``fmt`` and arguments to time it on."""
+    rows = fmt.block[0]
+    packed = pack(weight, shape, channel_blocks(shape, taps(weight, shape, rows), lanes, rows), rows)
+    rng = np.random.default_rng(0)
+    o, (oh, ow) = shape.out_channels, shape.out_size
+    unused = np.zeros(1, np.float32)
+    arrays = [
+        rng.standard_normal(shape.prepared_size(lanes)).astype(np.float32),
+        *packed,
+        rng.standard_normal(o).astype(np.float32) if epilogue.bias else unused,
+        rng.standard_normal((o, oh, ow)).astype(np.float32) if epilogue.residual else unused,
+        np.zeros((o, oh, ow), np.float32),
+    ]
+    return kernel(shape, packed, lanes, epilogue, rows), arrays
+
+
+def taps(weight: np.ndarray, shape: ConvShape, rows: int) -> int:
+    """Taps stored for ``weight`` by blocks of ``rows`` output channels."""
+    return len(pack(weight, shape, 1, rows)[1])
+
+
+def kernel(
+    shape: ConvShape, packed: tuple[np.ndarray, ...], lanes: int, epilogue: Epilogue, rows: int
+) -> Any:
+    """``conv_kernel`` for the weight ``pack`` stored as ``packed``."""
+    _, offsets, indptr = packed
+    blocks = (len(indptr) - 1) // (shape.out_channels // rows)
+    return conv_kernel(shape, len(offsets), lanes, epilogue=epilogue, blocks=blocks, rows=rows)
+
+
+def rewrite_convs(
+    mod: Any, lanes: int, names: dict[bytes, str] | None = None, chooser: KernelChooser | None = None
+) -> tuple[Any, list[Layer]]:
     """Replace each supported ``conv2d(x, const W)`` in ``main``, with the bias, residual and
-    clamp after it; the layers, for the report."""
+    clamp after it; the layers, for the report. ``chooser`` times the weight's storages
+    (``block_candidates``); without it, the rule's pick."""
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, wildcard
 
@@ -199,11 +259,17 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
                 return call
             low, high = bounds
         epilogue = Epilogue(bias is not None, residual is not None, low, high)
-        blocks = channel_blocks(shape, int(np.count_nonzero(weight)), lanes)
-        values, offsets, indptr = pack(weight, shape, blocks)
+        kinds = block_candidates(weight, shape.groups)
+        choice = Choice(kinds[0])
+        if chooser is not None and len(kinds) > 1:
+            make = partial(timing_call, weight, shape, epilogue, lanes)
+            key = f"conv-{shape.channels}x{shape.height}x{shape.width}-s{shape.stride}-p{shape.padding}"
+            choice = chooser.choose_kernel(weight, 1, key + epilogue.label(), kinds, make)
+        rows = choice.format.block[0]
+        blocks = channel_blocks(shape, taps(weight, shape, rows), lanes, rows)
+        packed = pack(weight, shape, blocks, rows)
         symbol = f"conv_{len(layers)}"
-        func = conv_kernel(shape, len(values), lanes, epilogue=epilogue, blocks=blocks)
-        gvar = add_kernel(builder, func, symbol)
+        gvar = add_kernel(builder, kernel(shape, packed, lanes, epilogue, rows), symbol)
         _, cg, kh, kw = weight.shape
         layers.append(
             Layer(
@@ -214,10 +280,15 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
                 format=f"conv{kh}x{kw}"
                 + (f"-s{shape.stride}" if shape.stride > 1 else "")
                 + (f"-g{shape.groups}" if shape.groups > 1 else "")
+                + f"-{storage_name(rows)}"
                 + epilogue.label(),
                 calls=None,
-                times_ms={},
-                cached=False,
+                times_ms={
+                    storage_name(f.block[0]): round(choice.times_ms[chooser.label(f)], 5)
+                    for f in kinds
+                    if chooser is not None and chooser.label(f) in choice.times_ms
+                },
+                cached=choice.cached,
                 symbol=symbol,
             )
         )
@@ -233,7 +304,7 @@ def rewrite_convs(mod: Any, lanes: int, names: dict[bytes, str] | None = None) -
         unused = relax.const(np.zeros(1, np.float32))
         args = [
             prepared,
-            *(relax.const(a) for a in (values, offsets, indptr)),
+            *(relax.const(a) for a in packed),
             unused if bias is None else relax.const(bias),
             unused if residual is None else relax.op.reshape(residual, (o, oh, ow)),
         ]

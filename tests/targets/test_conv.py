@@ -3,6 +3,7 @@ padding, dilation and grouping the rewrite takes, and the forms it leaves to TVM
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -48,9 +49,12 @@ def conv_state(args: tuple[int, ...], size: tuple[int, int], sparsity: float) ->
 def test_conv_kernel_matches_torch(tmp_path: Path, name: str, sparsity: float) -> None:
     state = conv_state(*CONVS[name], sparsity)
     artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
-    k = CONVS[name][0][2]
+    _, o, k, *_, g = CONVS[name][0]
+    # by the rule: a dense weight in blocks of as many output channels of a group as divide it
+    rows = max(r for r in (1, 2, 4) if (o // g) % r == 0) if sparsity == 0.0 else 1
     (layer,) = runner.layers
     assert layer["format"].startswith(f"conv{k}x{k}") and layer["format"].endswith("+bias+relu")
+    assert ("-csr+" if rows == 1 else f"-bsr{rows}x1+") in layer["format"]
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
 
 
@@ -77,7 +81,7 @@ def test_forms_the_kernel_does_not_take_are_left_to_tvm(tmp_path: Path) -> None:
         state = State(module=module, example_inputs=inputs)
         artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path / str(len(inputs[0])))
         formats = [layer["format"] for layer in runner.layers]
-        assert formats == ([] if len(inputs[0]) == 2 else ["conv3x3+bias"])
+        assert formats == ([] if len(inputs[0]) == 2 else ["conv3x3-bsr4x1+bias"])
         assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
 
 
@@ -150,15 +154,17 @@ def test_the_ops_after_a_convolution_go_into_its_epilogue(tmp_path: Path, form: 
     torch.manual_seed(0)
     state = State(module=Chain(form).eval(), example_inputs=(torch.randn(1, 6, 9, 21),))
     artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path)
-    formats = sorted(layer["format"] for layer in runner.layers)
+    formats = sorted(re.sub(r"-(csr|bsr\dx1)", "", layer["format"]) for layer in runner.layers)
     assert formats == sorted(["conv3x3+bias+relu6", *EPILOGUES[form]])
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 3, 7])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_input_channel_blocks_keep_the_sum(blocks: int, groups: int) -> None:
-    """Partial sums per block of input channels, blocks of unequal sizes and empty ones."""
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_input_channel_blocks_keep_the_sum(blocks: int, groups: int, rows: int) -> None:
+    """Partial sums per block of input channels, blocks of unequal sizes and empty ones; blocks
+    of output channels sharing taps where only some of them have a weight."""
     import numpy as np
     import tvm
 
@@ -172,17 +178,20 @@ def test_input_channel_blocks_keep_the_sum(blocks: int, groups: int) -> None:
         prepare_kernel,
     )
 
-    shape = ConvShape(20, 9, 13, 6, (3, 3), 1, (1, 1, 1, 1), 1, groups)
+    shape = ConvShape(20, 9, 13, 8, (3, 3), 1, (1, 1, 1, 1), 1, groups)
     rng = np.random.default_rng(blocks)
-    weight = rng.standard_normal((6, 20 // groups, 3, 3)).astype(np.float32)
+    weight = rng.standard_normal((8, 20 // groups, 3, 3)).astype(np.float32)
     weight[rng.random(weight.shape) < 0.6] = 0
     weight[1, : 10 // groups] = 0  # an output channel whose first blocks are empty
-    bias, residual = rng.standard_normal(6).astype(np.float32), rng.standard_normal((6, 9, 13))
-    values, offsets, indptr = pack(weight, shape, blocks)
-    assert len(indptr) == 6 * blocks + 1
+    weight[4:6] = 0  # a block of two output channels without weights
+    bias, residual = rng.standard_normal(8).astype(np.float32), rng.standard_normal((8, 9, 13))
+    values, offsets, indptr = pack(weight, shape, blocks, rows)
+    assert len(indptr) == 8 // rows * blocks + 1 and len(values) == len(offsets) * rows
+    if rows == 1:
+        assert len(values) == np.count_nonzero(weight)
     epilogue = Epilogue(True, True, 0.0, None)
     funcs = {
-        "conv": conv_kernel(shape, len(values), 8, epilogue=epilogue, blocks=blocks),
+        "conv": conv_kernel(shape, len(offsets), 8, epilogue=epilogue, blocks=blocks, rows=rows),
         "prepare": prepare_kernel(shape, 8),
     }
     module = tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()})
@@ -190,7 +199,7 @@ def test_input_channel_blocks_keep_the_sum(blocks: int, groups: int) -> None:
     x = rng.standard_normal((1, 20, 9, 13)).astype(np.float32)
     prepared = tvm.runtime.tensor(np.zeros(shape.prepared_size(8), np.float32))
     lib["prepare"](tvm.runtime.tensor(x), prepared)
-    y = tvm.runtime.tensor(np.zeros((6, 9, 13), np.float32))
+    y = tvm.runtime.tensor(np.zeros((8, 9, 13), np.float32))
     arrays = (values, offsets, indptr, bias, residual.astype(np.float32))
     lib["conv"](prepared, *(tvm.runtime.tensor(a) for a in arrays), y)
     conv = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), padding=1, groups=groups)

@@ -56,14 +56,15 @@ class ConvShape:
         s = self.stride
         return -(-(self.height + top + bottom) // s), -(-(self.width + left + right) // s)
 
-    def tile(self, lanes: int) -> tuple[int, int]:
-        """Output rows and columns per tile: two vectors of a row (one when the output is
-        narrower) by up to ``VECTORS / 2`` rows. A small tile keeps the input it reads across
-        every channel (C x (RT + KH - 1) x (TW + KW - 1) floats) in L1 while all output
-        channels pass it; wide row tiles measured 2x slower."""
+    def tile(self, lanes: int, rows: int = 1) -> tuple[int, int]:
+        """Output rows and columns per tile, for blocks of ``rows`` output channels: two vectors
+        of a row (one when the output is narrower) by as many rows as keep ``VECTORS``
+        accumulators. A small tile keeps the input it reads across every channel
+        (C x (RT + KH - 1) x (TW + KW - 1) floats) in L1 while all output channels pass it;
+        wide row tiles measured 2x slower."""
         oh, ow = self.out_size
         tw = 2 * lanes if ow >= 2 * lanes else lanes
-        return min(oh, VECTORS // (tw // lanes)), tw
+        return min(oh, max(1, VECTORS // (tw // lanes) // rows)), tw
 
     def reads_input_as_is(self, lanes: int) -> bool:
         """A 1x1 convolution of stride 1 without padding whose tiles fit in its rows reads the
@@ -107,71 +108,85 @@ L1_BUDGET = 16 << 10  # bytes of input a tile may read per block of input channe
 MIN_SEGMENT = 32  # nonzeros per (output channel, input block) on average, at least
 
 
-def channel_blocks(shape: ConvShape, nnz: int, lanes: int) -> int:
-    """How many blocks the input channels of a group are split into (``pack``): a tile reads
-    (RT + KH - 1) rows of its input per channel, so with many channels what it reads no longer
-    stays in L1 while every output channel passes it; a block of channels does, at the cost of
-    keeping partial sums per block (worth it only while each block holds enough nonzeros)."""
-    rt, tw = shape.tile(lanes)
+def channel_blocks(shape: ConvShape, taps: int, lanes: int, rows: int = 1) -> int:
+    """How many blocks the input channels of a group are split into (``pack``) for ``taps``
+    stored taps of ``rows`` output channels each: a tile reads (RT + KH - 1) rows of its input
+    per channel, so with many channels what it reads no longer stays in L1 while every output
+    channel passes it; a block of channels does, at the cost of keeping partial sums per block
+    (worth it only while each block holds enough taps)."""
+    rt, tw = shape.tile(lanes, rows)
     kh, kw = shape.kernel
     per_channel = (rt + kh - 1) * (tw + kw - 1 + 16) * 4  # bytes, with the cache lines' slack
     cg = shape.channels // shape.groups
     by_cache = -(-cg * per_channel // L1_BUDGET)
-    by_density = max(1, nnz // (MIN_SEGMENT * shape.out_channels))
+    by_density = max(1, taps // (MIN_SEGMENT * (shape.out_channels // rows)))
     return max(1, min(by_cache, by_density, cg))
 
 
-def pack(weight: np.ndarray, shape: ConvShape, blocks: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The nonzeros of ``weight`` (O x C/groups x KH x KW) per output channel and block of its
-    input channels (``blocks`` per group): values, their offsets into the prepared input, and
-    the CSR row pointers (row ``o * blocks + b``)."""
+def pack(
+    weight: np.ndarray, shape: ConvShape, blocks: int = 1, rows: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weight (O x C/groups x KH x KW) stored by blocks of ``rows`` output channels (of one
+    group) and block of input channels (``blocks`` per group): each block row keeps the taps
+    (input channel, i, j) where any of its output channels has a nonzero — their offsets into
+    the prepared input, and ``rows`` values per tap (zeros where an output channel has none) —
+    with CSR row pointers over the block rows (row ``o // rows * blocks + b``). ``rows = 1``
+    stores exactly the nonzeros."""
     o, cg = weight.shape[:2]
+    if (o // shape.groups) % rows:
+        raise ValueError(f"{rows} output channels per block do not divide a group's {o // shape.groups}")
     s, d = shape.stride, shape.dilation
     h2, w2 = shape.phase_size
-    oc, c, i, j = np.nonzero(weight)  # in row-major order: by output channel, then input channel
-    channel = oc // (o // shape.groups) * cg + c  # the input channel, across groups
+    grouped = weight.reshape(o // rows, rows, *weight.shape[1:])
+    ob, c, i, j = np.nonzero((grouped != 0).any(axis=1))  # row-major: by block, then input channel
+    channel = ob * rows // (o // shape.groups) * cg + c  # the input channel, across groups
     ri, rj = i * d, j * d  # the tap's position in the padded input
     plane = (channel * s + ri % s) * s + rj % s
     offsets = (plane * h2 + ri // s) * w2 + rj // s
-    rows = oc * blocks + c // -(-cg // blocks)
-    indptr = np.zeros(o * blocks + 1, np.int32)
-    indptr[1:] = np.cumsum(np.bincount(rows, minlength=o * blocks))
-    values = weight[oc, c, i, j].astype(np.float32)
+    block_rows = ob * blocks + c // -(-cg // blocks)
+    indptr = np.zeros(o // rows * blocks + 1, np.int32)
+    indptr[1:] = np.cumsum(np.bincount(block_rows, minlength=o // rows * blocks))
+    values = grouped[ob, :, c, i, j].astype(np.float32).reshape(-1)  # tap-major, ``rows`` each
     if not len(values):  # never an empty buffer
-        values, offsets = np.zeros(1, np.float32), np.zeros(1, np.int64)
+        values, offsets = np.zeros(rows, np.float32), np.zeros(1, np.int64)
     return values, offsets.astype(np.int32), indptr
 
 
 def conv_kernel(
     shape: ConvShape,
-    nnz: int,
+    taps: int,
     lanes: int,
     parallel: bool = True,
     epilogue: Epilogue = Epilogue(),
     blocks: int = 1,
+    rows: int = 1,
 ) -> Any:
-    """The TIR function ``y (O x OH x OW) = epilogue(conv(x'))`` for ``nnz`` stored weights
-    packed in ``blocks`` input blocks and the prepared input ``x'`` (``prepared_size`` floats).
-    Its parameters are always ``x', values, offsets, indptr, bias (O), residual (O x OH x OW),
-    y``; without a bias or a residual in ``epilogue`` those buffers are one float the kernel
-    never reads. With several blocks, each tile's partial sums wait in a buffer between them."""
+    """The TIR function ``y (O x OH x OW) = epilogue(conv(x'))`` for ``taps`` stored taps (of
+    ``rows`` values each) packed by ``pack`` and the prepared input ``x'`` (``prepared_size``
+    floats). Its parameters are always ``x', values, offsets, indptr, bias (O), residual
+    (O x OH x OW), y``; without a bias or a residual in ``epilogue`` those buffers are one float
+    the kernel never reads. Each tap's input vectors are loaded once for the ``rows`` output
+    channels of its block. With several input blocks, each tile's partial sums wait in a buffer
+    between them."""
     from tvm.script import tirx as T
 
     o_ch = shape.out_channels
     oh, ow = shape.out_size
     _, w2 = shape.phase_size
-    rt, tw = shape.tile(lanes)
+    rt, tw = shape.tile(lanes, rows)
     size = shape.prepared_size(lanes)
     row_tiles, col_tiles = -(-oh // rt), -(-ow // tw)
     spatial = row_tiles * col_tiles
+    block_rows = o_ch // rows
     groups = -(-16 // spatial) if parallel else 1  # output-channel groups when tiles are few
-    per_group = -(-o_ch // groups)
-    groups = -(-o_ch // per_group)
+    per_group = -(-block_rows // groups)
+    groups = -(-block_rows // per_group)
     # the last column (row) tile shifts left (up), recomputing a few outputs, instead of
     # overhanging; a tile wider than the output reads past its rows, into zeros at the end
     last_col = max(ow - tw, 0)
+    full = tw <= ow
     loop = T.parallel if parallel else T.serial
-    slots = max(nnz, 1)
+    slots = max(taps, 1)
     has_bias, has_residual = epilogue.bias, epilogue.residual
     low, high = epilogue.low, epilogue.high
     bias_shape = (o_ch,) if has_bias else (1,)
@@ -180,58 +195,74 @@ def conv_kernel(
     @T.prim_func
     def conv(
         x: T.Buffer((size,), "float32"),
-        w_values: T.Buffer((slots,), "float32"),
+        w_values: T.Buffer((slots * rows,), "float32"),
         w_offsets: T.Buffer((slots,), "int32"),
-        w_indptr: T.Buffer((o_ch * blocks + 1,), "int32"),
+        w_indptr: T.Buffer((block_rows * blocks + 1,), "int32"),
         bias: T.Buffer(bias_shape, "float32"),
         residual: T.Buffer(residual_shape, "float32"),
         y: T.Buffer((o_ch, oh, ow), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         for item in loop(spatial * groups):
-            acc = T.alloc_buffer((rt, tw), "float32", scope="local")
+            acc = T.alloc_buffer((rows, rt, tw), "float32", scope="local")
             out = T.alloc_buffer((rt, tw), "float32", scope="local")
             tile: T.let = item // groups
             oh0: T.let = T.min(tile // col_tiles * rt, oh - rt)
             ow0: T.let = T.min(tile % col_tiles * tw, last_col)
-            part = T.alloc_buffer((per_group if blocks > 1 else 1, rt, tw), "float32", scope="local")
+            part = T.alloc_buffer((per_group if blocks > 1 else 1, rows, rt, tw), "float32", scope="local")
             for b in range(blocks):
-                for oc in range(T.min(per_group, o_ch - item % groups * per_group)):
-                    o: T.let = item % groups * per_group + oc
-                    row: T.let = o * blocks + b
+                for ob in range(T.min(per_group, block_rows - item % groups * per_group)):
+                    o0: T.let = (item % groups * per_group + ob) * rows
+                    row: T.let = (item % groups * per_group + ob) * blocks + b
                     if b == 0:
-                        for r, v in T.grid(rt, tw):
+                        for k, r, v in T.grid(rows, rt, tw):
                             if has_bias:
-                                acc[r, v] = bias[o]
+                                acc[k, r, v] = bias[o0 + k]
                             else:
-                                acc[r, v] = T.float32(0)
+                                acc[k, r, v] = T.float32(0)
                     else:
-                        for r in T.unroll(rt):
-                            for v in T.vectorized(tw):
-                                acc[r, v] = part[oc, r, v]
+                        for k in T.unroll(rows):
+                            for r in T.unroll(rt):
+                                for v in T.vectorized(tw):
+                                    acc[k, r, v] = part[ob, k, r, v]
                     for q in range(w_indptr[row + 1] - w_indptr[row]):
                         p: T.let = w_indptr[row] + q
+                        at: T.let = w_offsets[p] + oh0 * w2 + ow0
                         for r in T.unroll(rt):
-                            for v in T.vectorized(tw):
-                                at: T.let = w_offsets[p] + (oh0 + r) * w2 + ow0
-                                acc[r, v] = acc[r, v] + w_values[p] * x[at + v]
+                            for k in T.unroll(rows):
+                                for v in T.vectorized(tw):
+                                    acc[k, r, v] = acc[k, r, v] + w_values[p * rows + k] * x[at + r * w2 + v]
                     if b < blocks - 1:
-                        for r in T.unroll(rt):
-                            for v in T.vectorized(tw):
-                                part[oc, r, v] = acc[r, v]
+                        for k in T.unroll(rows):
+                            for r in T.unroll(rt):
+                                for v in T.vectorized(tw):
+                                    part[ob, k, r, v] = acc[k, r, v]
                     else:
-                        for r in T.unroll(rt):
-                            for v in T.vectorized(tw):
-                                out[r, v] = acc[r, v]
-                        for r in range(rt):
-                            for v in range(T.min(tw, ow)):
-                                if has_residual:
-                                    out[r, v] = out[r, v] + residual[o, oh0 + r, ow0 + v]
-                                if low is not None:
-                                    out[r, v] = T.max(out[r, v], T.float32(low))
-                                if high is not None:
-                                    out[r, v] = T.min(out[r, v], T.float32(high))
-                                y[o, oh0 + r, ow0 + v] = out[r, v]
+                        for k in T.unroll(rows):
+                            if full:  # every tile lies within the output: stored by vectors
+                                for r in T.unroll(rt):
+                                    for v in T.vectorized(tw):
+                                        out[r, v] = acc[k, r, v]
+                                        if has_residual:
+                                            out[r, v] = out[r, v] + residual[o0 + k, oh0 + r, ow0 + v]
+                                        if low is not None:
+                                            out[r, v] = T.max(out[r, v], T.float32(low))
+                                        if high is not None:
+                                            out[r, v] = T.min(out[r, v], T.float32(high))
+                                        y[o0 + k, oh0 + r, ow0 + v] = out[r, v]
+                            else:  # a tile wider than the output: its first ``ow`` columns
+                                for r in T.unroll(rt):
+                                    for v in T.vectorized(tw):
+                                        out[r, v] = acc[k, r, v]
+                                for r in range(rt):
+                                    for v in range(ow):
+                                        if has_residual:
+                                            out[r, v] = out[r, v] + residual[o0 + k, oh0 + r, ow0 + v]
+                                        if low is not None:
+                                            out[r, v] = T.max(out[r, v], T.float32(low))
+                                        if high is not None:
+                                            out[r, v] = T.min(out[r, v], T.float32(high))
+                                        y[o0 + k, oh0 + r, ow0 + v] = out[r, v]
 
     return conv
 
