@@ -124,19 +124,33 @@ def clamp_bounds(call: Any) -> tuple[float | None, float | None] | None:
     return None
 
 
+def use_counts(func: Any) -> dict[Any, int]:
+    """How many bindings (and the output) of ``func`` read each variable."""
+    from tvm import relax
+
+    counts: dict[Any, int] = {}
+    exprs = [b.value for block in func.body.blocks for b in block.bindings] + [func.body.body]
+    for expr in exprs:
+        for var in relax.analysis.free_vars(expr):
+            counts[var] = counts.get(var, 0) + 1
+    return counts
+
+
 def convolutions_first(mod: Any) -> Any:
     """``main`` with the operands of each ``add`` ordered so that a convolution's output (with a
     bias added, before one without) comes first: the pattern matcher tries an ``add``'s operands
-    in order first, so the residual the epilogue takes is then the second."""
+    in order first, so the residual the epilogue takes is then the second. A convolution whose
+    output is read elsewhere too ranks last: its kernel cannot add the residual."""
     import tvm
     from tvm import relax
     from tvm.relax.dpl import is_op, wildcard
 
     values = relax.analysis.get_var2val(mod["main"])
+    uses = use_counts(mod["main"])
 
     def rank(var: Any) -> int:  # 2: conv + bias, 1: conv, 0: anything else
         value = values.get(var)
-        if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+        if uses.get(var, 0) > 1 or not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
             return 0
         if value.op.name == "relax.nn.conv2d":
             return 1
@@ -232,8 +246,13 @@ def rewrite_convs(
     builder = relax.BlockBuilder(mod)
     layers: list[Layer] = []
     preparers: dict[tuple, Any] = {}  # one per input layout; CSE then shares the prepared input
+    uses = use_counts(mod["main"])
+    var_of = {value: var for var, value in relax.analysis.get_var2val(mod["main"]).items()}
 
     def rewriter(call: Any, matches: dict) -> Any:
+        inner = [matches[p] for p in (conv_pattern, biased, *sums) if p in matches]
+        if any(uses.get(var_of.get(v), 0) > 1 for v in inner if not v.same_as(call)):
+            return call  # a value inside the chain is read elsewhere: the chain would compute it twice
         conv = matches[conv_pattern]
         weight = matches[weight_pattern].value.numpy()
         data, extra = conv.args[0], (0, 0, 0, 0)
@@ -262,9 +281,10 @@ def rewrite_convs(
         kinds = block_candidates(weight, shape.groups)
         choice = Choice(kinds[0])
         if chooser is not None and len(kinds) > 1:
-            make = partial(timing_call, weight, shape, epilogue, lanes)
+            # timed without the epilogue: one decision for the chain and the parts of it matched
+            make = partial(timing_call, weight, shape, Epilogue(), lanes)
             key = f"conv-{shape.channels}x{shape.height}x{shape.width}-s{shape.stride}-p{shape.padding}"
-            choice = chooser.choose_kernel(weight, 1, key + epilogue.label(), kinds, make)
+            choice = chooser.choose_kernel(weight, 1, key, kinds, make)
         rows = choice.format.block[0]
         blocks = channel_blocks(shape, taps(weight, shape, rows), lanes, rows)
         packed = pack(weight, shape, blocks, rows)
