@@ -278,6 +278,7 @@ def rewrite_convs(
                 return call
             low, high = bounds
         epilogue = Epilogue(bias is not None, residual is not None, low, high)
+        shape = shape.flat(lanes)  # a 1x1 convolution's planes as one row, when it reads them as is
         kinds = block_candidates(weight, shape.groups)
         choice = Choice(kinds[0])
         if chooser is not None and len(kinds) > 1:
@@ -326,9 +327,9 @@ def rewrite_convs(
             prepared,
             *(relax.const(a) for a in packed),
             unused if bias is None else relax.const(bias),
-            unused if residual is None else relax.op.reshape(residual, (o, oh, ow)),
+            unused if residual is None else relax.op.reshape(residual, (o, *shape.out_size)),
         ]
-        out = relax.call_tir(gvar, args, out_ty=relax.TensorType((o, oh, ow), "float32"))
+        out = relax.call_tir(gvar, args, out_ty=relax.TensorType((o, *shape.out_size), "float32"))
         return relax.op.reshape(out, (1, o, oh, ow))
 
     mod = rewrite_main(mod, pattern, rewriter, builder, shared=True)

@@ -23,8 +23,9 @@ CONVS = {  # (in, out, kernel, stride, padding, dilation, groups), input size
     "depthwise-stride2": ((10, 10, 3, 2, 1, 1, 10), (17, 16)),
     "grouped-5x5-stride2": ((6, 12, 5, 2, 2, 1, 3), (15, 15)),
     "7x7-stride2": ((3, 7, 7, 2, 3, 1, 1), (20, 21)),
-    "1x1": ((16, 24, 1, 1, 0, 1, 1), (7, 7)),  # narrower than a vector: prepared
-    "1x1-as-is": ((12, 10, 1, 1, 0, 1, 1), (5, 19)),  # read as is, the last tile shifted left
+    "1x1": ((16, 24, 1, 1, 0, 1, 1), (7, 7)),  # narrower than a vector: its plane as one row
+    "1x1-as-is": ((12, 10, 1, 1, 0, 1, 1), (5, 19)),  # one row, the last tile shifted left
+    "1x1-tiny": ((8, 8, 1, 1, 0, 1, 1), (3, 3)),  # fewer positions than two vectors: prepared
     "1x1-stride2": ((9, 5, 1, 2, 0, 1, 1), (8, 9)),
     "3x3-stride3": ((2, 3, 3, 3, 2, 1, 1), (9, 9)),
     "narrow": ((5, 3, 3, 1, 0, 1, 1), (4, 4)),  # a 2x2 output: one tile narrower than a vector

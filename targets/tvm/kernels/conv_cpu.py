@@ -18,7 +18,7 @@ output is written once instead of once per elementwise op.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,20 @@ class ConvShape:
         wide row tiles measured 2x slower."""
         oh, ow = self.out_size
         tw = 2 * lanes if ow >= 2 * lanes else lanes
-        return min(oh, max(1, VECTORS // (tw // lanes) // rows)), tw
+        rt = min(oh, max(1, VECTORS // (tw // lanes) // rows))
+        while rt * rows * (tw // lanes) * 2 <= VECTORS and tw * 2 <= ow:  # few rows: wider
+            tw *= 2
+        return rt, tw
+
+    def flat(self, lanes: int) -> ConvShape:
+        """A 1x1 convolution of stride 1 without padding as one of a single row of every position
+        (its input and output planes are contiguous), when it has two vectors of them: tiles then
+        run along the whole plane, not along its rows (measured 1.1-1.6x on MobileNetV2's and
+        ResNet-18's 1x1 layers, none prepared)."""
+        pointwise = self.kernel == (1, 1) and self.stride == 1 and not any(self.padding)
+        if pointwise and self.height > 1 and self.height * self.width >= 2 * lanes:
+            return replace(self, height=1, width=self.height * self.width)
+        return self
 
     def reads_input_as_is(self, lanes: int) -> bool:
         """A 1x1 convolution of stride 1 without padding whose tiles fit in its rows reads the
