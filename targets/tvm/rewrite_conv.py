@@ -17,6 +17,7 @@ from targets.tvm.kernels import Format, block_fill
 from targets.tvm.kernels.conv_cpu import (
     ConvShape,
     Epilogue,
+    Stored,
     channel_blocks,
     conv_kernel,
     pack,
@@ -200,7 +201,7 @@ def timing_call(
         *packed,
         rng.standard_normal(o).astype(np.float32) if epilogue.bias else unused,
         rng.standard_normal((o, oh, ow)).astype(np.float32) if epilogue.residual else unused,
-        np.zeros((o, oh, ow), np.float32),
+        np.zeros(o * oh * ow, np.float32),
     ]
     return kernel(shape, packed, lanes, epilogue, rows), arrays
 
@@ -211,12 +212,102 @@ def taps(weight: np.ndarray, shape: ConvShape, rows: int) -> int:
 
 
 def kernel(
-    shape: ConvShape, packed: tuple[np.ndarray, ...], lanes: int, epilogue: Epilogue, rows: int
+    shape: ConvShape,
+    packed: tuple[np.ndarray, ...],
+    lanes: int,
+    epilogue: Epilogue,
+    rows: int,
+    stored: Stored | None = None,
 ) -> Any:
-    """``conv_kernel`` for the weight ``pack`` stored as ``packed``."""
+    """``conv_kernel`` for the weight ``pack`` stored as ``packed``, its output as ``stored`` says
+    (by default, as it is)."""
     _, offsets, indptr = packed
     blocks = (len(indptr) - 1) // (shape.out_channels // rows)
-    return conv_kernel(shape, len(offsets), lanes, epilogue=epilogue, blocks=blocks, rows=rows)
+    layout = stored or Stored()
+    return conv_kernel(shape, len(offsets), lanes, epilogue=epilogue, blocks=blocks, rows=rows, stored=layout)
+
+
+def readers(func: Any) -> dict[Any, list[Any]]:
+    """The values of ``func``'s bindings that read each variable."""
+    from tvm import relax
+
+    out: dict[Any, list[Any]] = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            for var in relax.analysis.free_vars(binding.value):
+                out.setdefault(var, []).append(binding.value)
+    return out
+
+
+def prepared_layout(shape: ConvShape, lanes: int) -> Stored:
+    """The prepared input of a stride-1 convolution as a ``Stored`` layout."""
+    h2, w2 = shape.phase_size
+    return Stored(*shape.padding, shape.prepared_size(lanes) - shape.channels * h2 * w2)  # type: ignore[misc]
+
+
+def consumer_layout(root: Any, graph: tuple[dict, dict, dict], lanes: int) -> Stored | None:
+    """The layout to store a chain's output ``root`` in when its only reader is a stride-1
+    convolution whose input the kernel prepares (through an explicit zero ``pad`` read only by
+    it, as TF-style models have); None otherwise. ``graph``: ``main``'s use counts, readers
+    (``readers``) and each value's variable."""
+    import tvm
+
+    uses, reads, var_of = graph
+
+    def only_reader(var: Any) -> Any:
+        values = reads.get(var, [])
+        return values[0] if uses.get(var, 0) == 1 and len(values) == 1 else None
+
+    value, data, extra = only_reader(root), root, (0, 0, 0, 0)
+    if is_op_call(value, "relax.nn.pad") and (padding := zero_padding(value)) is not None:
+        data, extra, value = var_of.get(value), padding, only_reader(var_of.get(value))
+    if not is_op_call(value, "relax.nn.conv2d") or not value.args[0].same_as(data):
+        return None
+    if not isinstance(value.args[1], tvm.ir.expr.Constant):
+        return None
+    shape = conv_shape(value, value.args[1].value.numpy(), root, extra)
+    if shape is None or shape.stride != 1 or shape.flat(lanes).reads_input_as_is(lanes):
+        return None
+    return prepared_layout(shape.flat(lanes), lanes)
+
+
+def is_op_call(value: Any, op: str) -> bool:
+    """Whether ``value`` is a call of the operator ``op``."""
+    import tvm
+    from tvm import relax
+
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == op
+
+
+def reuse_stored(mod: Any, stored_by: dict[str, Stored], prepared_as: dict[str, Stored]) -> Any:
+    """``main`` with each preparation of a convolution's input that would copy the output of a
+    kernel which stored it in that very layout (``stored_by``: by kernel symbol; the view of it
+    as the output tensor is the preparation's only input) replaced by that output."""
+    from tvm import relax
+    from tvm.relax.dpl import is_op, wildcard
+
+    values = relax.analysis.get_var2val(mod["main"])
+    uses = use_counts(mod["main"])
+
+    def source(var: Any, op: str) -> Any:
+        value = values.get(var)
+        return value.args[0] if uses.get(var, 0) == 1 and is_op_call(value, op) else None
+
+    def rewriter(call: Any, _matches: dict) -> Any:
+        gvar, args = call.args
+        if not isinstance(gvar, relax.GlobalVar) or gvar.name_hint not in prepared_as:
+            return call
+        view = source(args.fields[0], "relax.strided_slice")  # the output's window in its planes
+        flat = source(view, "relax.reshape") if view is not None else None
+        stored = source(flat, "relax.strided_slice") if flat is not None else None
+        kernel_call = values.get(stored) if stored is not None else None
+        if not is_op_call(kernel_call, "relax.call_tir"):
+            return call
+        if stored_by.get(kernel_call.args[0].name_hint) != prepared_as[gvar.name_hint]:
+            return call
+        return stored
+
+    return rewrite_main(mod, is_op("relax.call_tir")(wildcard(), wildcard()), rewriter)
 
 
 def rewrite_convs(
@@ -248,6 +339,9 @@ def rewrite_convs(
     preparers: dict[tuple, Any] = {}  # one per input layout; CSE then shares the prepared input
     uses = use_counts(mod["main"])
     var_of = {value: var for var, value in relax.analysis.get_var2val(mod["main"]).items()}
+    reads = readers(mod["main"])
+    stored_by: dict[str, Stored] = {}  # kernels storing their output in a consumer's layout
+    prepared_as: dict[str, Stored] = {}  # preparations of stride-1 inputs, as layouts
 
     def rewriter(call: Any, matches: dict) -> Any:
         inner = [matches[p] for p in (conv_pattern, biased, *sums) if p in matches]
@@ -278,7 +372,9 @@ def rewrite_convs(
                 return call
             low, high = bounds
         epilogue = Epilogue(bias is not None, residual is not None, low, high)
-        shape = shape.flat(lanes)  # a 1x1 convolution's planes as one row, when it reads them as is
+        stored = consumer_layout(var_of.get(call), (uses, reads, var_of), lanes) or Stored()
+        if stored == Stored():
+            shape = shape.flat(lanes)  # a 1x1 convolution's planes as one row, when it reads them as is
         kinds = block_candidates(weight, shape.groups)
         choice = Choice(kinds[0])
         if chooser is not None and len(kinds) > 1:
@@ -290,7 +386,9 @@ def rewrite_convs(
         blocks = channel_blocks(shape, taps(weight, shape, rows), lanes, rows)
         packed = pack(weight, shape, blocks, rows)
         symbol = f"conv_{len(layers)}"
-        gvar = add_kernel(builder, kernel(shape, packed, lanes, epilogue, rows), symbol)
+        gvar = add_kernel(builder, kernel(shape, packed, lanes, epilogue, rows, stored), symbol)
+        if stored != Stored():
+            stored_by[symbol] = stored
         _, cg, kh, kw = weight.shape
         layers.append(
             Layer(
@@ -320,6 +418,8 @@ def rewrite_convs(
             if key not in preparers:
                 name = f"prepare_conv_input_{len(preparers)}"
                 preparers[key] = add_kernel(builder, prepare_kernel(shape, lanes), name)
+                if shape.stride == 1:
+                    prepared_as[name] = prepared_layout(shape, lanes)
             size = shape.prepared_size(lanes)
             prepared = relax.call_tir(preparers[key], [data], out_ty=relax.TensorType((size,), "float32"))
         unused = relax.const(np.zeros(1, np.float32))
@@ -329,10 +429,19 @@ def rewrite_convs(
             unused if bias is None else relax.const(bias),
             unused if residual is None else relax.op.reshape(residual, (o, *shape.out_size)),
         ]
-        out = relax.call_tir(gvar, args, out_ty=relax.TensorType((o, *shape.out_size), "float32"))
-        return relax.op.reshape(out, (1, o, oh, ow))
+        size = stored.size(o, *shape.out_size)
+        out = relax.call_tir(gvar, args, out_ty=relax.TensorType((size,), "float32"))
+        if stored == Stored():
+            return relax.op.reshape(out, (1, o, oh, ow))
+        # the output tensor as a view of its planes: the consumer's preparation then reads the
+        # kernel's output itself (``reuse_stored``); anything else still gets the right tensor
+        h3, w3 = oh + stored.top + stored.bottom, ow + stored.left + stored.right
+        planes = relax.op.strided_slice(out, axes=[0], begin=[0], end=[o * h3 * w3])
+        window = [stored.top, stored.left], [stored.top + oh, stored.left + ow]
+        return relax.op.strided_slice(relax.op.reshape(planes, (1, o, h3, w3)), [2, 3], *window)
 
     mod = rewrite_main(mod, pattern, rewriter, builder, shared=True)
+    mod = reuse_stored(mod, stored_by, prepared_as)
     # a chain's inner part may have been rewritten too before its whole was: drop what is unused
     kept = {gvar.name_hint for gvar in mod.get_global_vars()}
     return mod, [layer for layer in layers if layer.symbol in kept]

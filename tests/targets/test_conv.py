@@ -207,10 +207,57 @@ def test_input_channel_blocks_keep_the_sum(blocks: int, groups: int, rows: int) 
     x = rng.standard_normal((1, 20, 9, 13)).astype(np.float32)
     prepared = tvm.runtime.tensor(np.zeros(shape.prepared_size(8), np.float32))
     lib["prepare"](tvm.runtime.tensor(x), prepared)
-    y = tvm.runtime.tensor(np.zeros((8, 9, 13), np.float32))
+    y = tvm.runtime.tensor(np.zeros(8 * 9 * 13, np.float32))
     arrays = (values, offsets, indptr, bias, residual.astype(np.float32))
     lib["conv"](prepared, *(tvm.runtime.tensor(a) for a in arrays), y)
     conv = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), padding=1, groups=groups)
     expected = torch.relu(conv[0] + torch.tensor(bias)[:, None, None] + torch.tensor(residual)).numpy()
-    np.testing.assert_allclose(y.numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(y.numpy().reshape(8, 9, 13), expected, atol=1e-4)
     assert channel_blocks(ConvShape(64, 56, 56, 64, (3, 3), 1, (1,) * 4, 1, 1), 64 * 64 * 4, 8) > 1
+
+
+def test_an_output_only_a_convolution_reads_is_stored_as_its_prepared_input(tmp_path: Path) -> None:
+    """A 1x1 expansion feeding a padded depthwise convolution (MobileNetV2's blocks, padded by
+    the convolution or, TF-style, by its own op), and that one feeding a convolution padded
+    unevenly, store their outputs as the next one's prepared input, zeros around them: no
+    preparation copies them. An output read twice is stored as it is and prepared."""
+    from targets.tvm.export import export_relax
+    from targets.tvm.rewrite_conv import rewrite_convs
+
+    torch.manual_seed(0)
+    chain = [nn.Conv2d(4, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6()]
+    tf_style = [nn.Conv2d(4, 8, 1), nn.ReLU6(), nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(8, 8, 3, groups=8)]
+    for module, prepares in (
+        (nn.Sequential(*chain, nn.Conv2d(8, 6, (3, 5), padding=(0, 2))), 0),
+        (nn.Sequential(*tf_style), 0),  # the explicit zero padding too
+        (Twice(nn.Sequential(*chain)), 1),
+    ):
+        with torch.no_grad():
+            module[0].weight[torch.rand(module[0].weight.shape) < 0.5] = 0
+        state = State(module=module.eval(), example_inputs=(torch.randn(1, 4, 9, 13),))
+        after, layers = rewrite_convs(export_relax(state), lanes=8)
+        called = {gvar.name_hint for gvar in tvm_calls(after)}
+        assert len([c for c in called if c.startswith("prepare_conv_input")]) == prepares, after.script()
+        artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path / str(prepares))
+        assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+
+
+class Twice(nn.Module):
+    """``body``'s output read by a padded convolution and by the sum after it."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body, self.conv = body, nn.Conv2d(8, 8, 3, padding=1)
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self.body[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return self.conv(y) * y
+
+
+def tvm_calls(mod: object) -> list:
+    from tvm import relax
+
+    return list(relax.analysis.all_global_vars(mod["main"]))  # type: ignore[index]

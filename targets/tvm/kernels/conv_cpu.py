@@ -113,6 +113,26 @@ class Epilogue:
         return "".join(f"+{p}" for p in parts)
 
 
+@dataclass(frozen=True)
+class Stored:
+    """Where the kernel stores its output: per output channel a plane of (OH + top + bottom) x
+    (OW + left + right) floats holding the output at (top, left) and zeros around it, then
+    ``slack`` zeros. That is the prepared input of the stride-1 convolution reading the output
+    (``ConvShape.prepared_size``), which then needs no copy of it; the default stores the
+    output as it is."""
+
+    top: int = 0
+    left: int = 0
+    bottom: int = 0
+    right: int = 0
+    slack: int = 0
+
+    def size(self, channels: int, height: int, width: int) -> int:
+        """Floats stored for an output of ``channels`` x ``height`` x ``width``."""
+        planes = (height + self.top + self.bottom) * (width + self.left + self.right)
+        return channels * planes + self.slack
+
+
 def supported(shape: ConvShape) -> bool:
     return shape.dilation == 1 or shape.stride == 1
 
@@ -173,14 +193,15 @@ def conv_kernel(
     epilogue: Epilogue = Epilogue(),
     blocks: int = 1,
     rows: int = 1,
+    stored: Stored = Stored(),
 ) -> Any:
     """The TIR function ``y (O x OH x OW) = epilogue(conv(x'))`` for ``taps`` stored taps (of
     ``rows`` values each) packed by ``pack`` and the prepared input ``x'`` (``prepared_size``
     floats). Its parameters are always ``x', values, offsets, indptr, bias (O), residual
     (O x OH x OW), y``; without a bias or a residual in ``epilogue`` those buffers are one float
-    the kernel never reads. Each tap's input vectors are loaded once for the ``rows`` output
-    channels of its block. With several input blocks, each tile's partial sums wait in a buffer
-    between them."""
+    the kernel never reads; ``y`` is flat, laid out as ``stored`` says. Each tap's input vectors
+    are loaded once for the ``rows`` output channels of its block. With several input blocks,
+    each tile's partial sums wait in a buffer between them."""
     from tvm.script import tirx as T
 
     o_ch = shape.out_channels
@@ -204,6 +225,10 @@ def conv_kernel(
     low, high = epilogue.low, epilogue.high
     bias_shape = (o_ch,) if has_bias else (1,)
     residual_shape = (o_ch, oh, ow) if has_residual else (1,)
+    top, left = stored.top, stored.left
+    h3, w3 = oh + top + stored.bottom, ow + left + stored.right  # a stored plane
+    out_size = stored.size(o_ch, oh, ow)
+    bordered = out_size != o_ch * oh * ow
 
     @T.prim_func
     def conv(
@@ -213,7 +238,7 @@ def conv_kernel(
         w_indptr: T.Buffer((block_rows * blocks + 1,), "int32"),
         bias: T.Buffer(bias_shape, "float32"),
         residual: T.Buffer(residual_shape, "float32"),
-        y: T.Buffer((o_ch, oh, ow), "float32"),
+        y: T.Buffer((out_size,), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         for item in loop(spatial * groups):
@@ -262,7 +287,7 @@ def conv_kernel(
                                             out[r, v] = T.max(out[r, v], T.float32(low))
                                         if high is not None:
                                             out[r, v] = T.min(out[r, v], T.float32(high))
-                                        y[o0 + k, oh0 + r, ow0 + v] = out[r, v]
+                                        y[((o0 + k) * h3 + top + oh0 + r) * w3 + left + ow0 + v] = out[r, v]
                             else:  # a tile wider than the output: its first ``ow`` columns
                                 for r in T.unroll(rt):
                                     for v in T.vectorized(tw):
@@ -275,7 +300,20 @@ def conv_kernel(
                                             out[r, v] = T.max(out[r, v], T.float32(low))
                                         if high is not None:
                                             out[r, v] = T.min(out[r, v], T.float32(high))
-                                        y[o0 + k, oh0 + r, ow0 + v] = out[r, v]
+                                        y[((o0 + k) * h3 + top + oh0 + r) * w3 + left + ow0 + v] = out[r, v]
+        if bordered:  # the zeros around each plane, and after them
+            for plane_row in loop(o_ch * h3):
+                i: T.let = plane_row % h3
+                if i < top or i >= top + oh:
+                    for col in range(w3):
+                        y[plane_row * w3 + col] = T.float32(0)
+                else:
+                    for col in range(left):
+                        y[plane_row * w3 + col] = T.float32(0)
+                    for col in range(w3 - left - ow):
+                        y[plane_row * w3 + left + ow + col] = T.float32(0)
+            for col in range(out_size - o_ch * h3 * w3):
+                y[o_ch * h3 * w3 + col] = T.float32(0)
 
     return conv
 
