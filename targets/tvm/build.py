@@ -12,12 +12,13 @@ from compressor.state import State
 from targets.base import LocalRunner, Runner, Target, Unavailable
 from targets.remote import LOCAL, Device, RemoteTvmRunner
 from targets.tvm.choose import KernelChooser
+from targets.tvm.conv_graph import fold_batch_norms
 from targets.tvm.devices import DEVICES, TvmDevice, set_threads, vector_lanes
 from targets.tvm.export import export_relax, parameter_names
 from targets.tvm.library import pack_imports
 from targets.tvm.params import LiftConstants
 from targets.tvm.rewrite import Layer, count_calls, rewrite_gemms, rewrite_matmuls
-from targets.tvm.rewrite_conv import fold_batch_norms, rewrite_convs
+from targets.tvm.rewrite_conv import rewrite_convs
 from targets.tvm.rewrite_recurrent import rewrite_recurrent
 from targets.tvm.schedule import relax_pipeline
 

@@ -88,8 +88,8 @@ def test_forms_the_kernel_does_not_take_are_left_to_tvm(tmp_path: Path) -> None:
 
 def test_batch_norm_is_folded_into_the_pruned_weight(tmp_path: Path) -> None:
     """Scaling a weight per output channel keeps its zeros: the kernel stores as many values."""
+    from targets.tvm.conv_graph import fold_batch_norms
     from targets.tvm.export import export_relax, parameter_names
-    from targets.tvm.rewrite_conv import fold_batch_norms
 
     torch.manual_seed(0)
     conv, norm = nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
@@ -235,7 +235,7 @@ def test_an_output_only_a_convolution_reads_is_stored_as_its_prepared_input(tmp_
         with torch.no_grad():
             module[0].weight[torch.rand(module[0].weight.shape) < 0.5] = 0
         state = State(module=module.eval(), example_inputs=(torch.randn(1, 4, 9, 13),))
-        after, layers = rewrite_convs(export_relax(state), lanes=8)
+        after, _ = rewrite_convs(export_relax(state), lanes=8)
         called = {gvar.name_hint for gvar in tvm_calls(after)}
         assert len([c for c in called if c.startswith("prepare_conv_input")]) == prepares, after.script()
         artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path / str(prepares))
