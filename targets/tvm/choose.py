@@ -20,6 +20,7 @@ from targets.tvm.cpu import CPU_KERNELS
 from targets.tvm.devices import Kernels, set_threads
 from targets.tvm.kernels import Format, Packed, pack
 
+ROUNDS = 7  # turns of timing per candidate kernel
 CACHE_VERSION = 4  # bump when the kernels change: cached timings are of the old ones
 
 
@@ -150,13 +151,16 @@ class KernelChooser:
                 self.kernels.finish(lib.mod, path.parent, self.target)
                 module = load_library(self.device, path, str(host["mtriple"]).split("-")[0])
             dev = self.device.session.device(self.kernels.device_type)
-        times = []
+        # the candidates take turns, one repeat each per round: a change of the machine's speed
+        # while they are timed (shared machines drift by 1.4x) then weighs on all of them alike
+        samples: list[list[float]] = [[] for _ in calls]
         with self.device.errors("timing the candidate kernels"):
-            for i, (_, arrays) in enumerate(calls):
-                args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
-                timer = module.time_evaluator(f"k{i}", dev, number=1, repeat=7, min_repeat_ms=10)
-                times.append(float(np.median(timer(*args).results)))
-        return times
+            args = [[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays] for _, arrays in calls]
+            timers = [module.time_evaluator(f"k{i}", dev, min_repeat_ms=10) for i in range(len(calls))]
+            for _ in range(ROUNDS):
+                for timer, arguments, times in zip(timers, args, samples, strict=True):
+                    times.append(float(timer(*arguments).mean))
+        return [float(np.median(times)) for times in samples]
 
     def _load_cache(self) -> dict[str, Any]:
         try:
