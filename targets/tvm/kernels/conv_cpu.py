@@ -218,7 +218,9 @@ def conv_kernel(
     # the last column (row) tile shifts left (up), recomputing a few outputs, instead of
     # overhanging; a tile wider than the output reads past its rows, into zeros at the end
     last_col = max(ow - tw, 0)
-    full = tw <= ow
+    # stored by vectors when every tile lies within the output; a tile wider than the output
+    # stores its first ``ow`` columns one by one
+    store, columns = (T.vectorized, tw) if tw <= ow else (T.serial, ow)
     loop = T.parallel if parallel else T.serial
     slots = max(taps, 1)
     has_bias, has_residual = epilogue.bias, epilogue.residual
@@ -277,30 +279,17 @@ def conv_kernel(
                                     part[ob, k, r, v] = acc[k, r, v]
                     else:
                         for k in T.unroll(rows):
-                            if full:  # every tile lies within the output: stored by vectors
-                                for r in T.unroll(rt):
-                                    for v in T.vectorized(tw):
-                                        out[r, v] = acc[k, r, v]
-                                        if has_residual:
-                                            out[r, v] = out[r, v] + residual[o0 + k, oh0 + r, ow0 + v]
-                                        if low is not None:
-                                            out[r, v] = T.max(out[r, v], T.float32(low))
-                                        if high is not None:
-                                            out[r, v] = T.min(out[r, v], T.float32(high))
-                                        y[((o0 + k) * h3 + top + oh0 + r) * w3 + left + ow0 + v] = out[r, v]
-                            else:  # a tile wider than the output: its first ``ow`` columns
-                                for r in T.unroll(rt):
-                                    for v in T.vectorized(tw):
-                                        out[r, v] = acc[k, r, v]
-                                for r in range(rt):
-                                    for v in range(ow):
-                                        if has_residual:
-                                            out[r, v] = out[r, v] + residual[o0 + k, oh0 + r, ow0 + v]
-                                        if low is not None:
-                                            out[r, v] = T.max(out[r, v], T.float32(low))
-                                        if high is not None:
-                                            out[r, v] = T.min(out[r, v], T.float32(high))
-                                        y[((o0 + k) * h3 + top + oh0 + r) * w3 + left + ow0 + v] = out[r, v]
+                            for r in T.unroll(rt):
+                                for v in T.vectorized(tw):
+                                    out[r, v] = acc[k, r, v]
+                                for v in store(columns):
+                                    if has_residual:
+                                        out[r, v] = out[r, v] + residual[o0 + k, oh0 + r, ow0 + v]
+                                    if low is not None:
+                                        out[r, v] = T.max(out[r, v], T.float32(low))
+                                    if high is not None:
+                                        out[r, v] = T.min(out[r, v], T.float32(high))
+                                    y[((o0 + k) * h3 + top + oh0 + r) * w3 + left + ow0 + v] = out[r, v]
         if bordered:  # the zeros around each plane, and after them
             for plane_row in loop(o_ch * h3):
                 i: T.let = plane_row % h3
