@@ -160,24 +160,29 @@ def test_gpu_kernel_cuda_source_has_vector_loads_and_shuffles(fmt: Format, loads
     [(1, 1, 3, 5), (2, 5, 7, 9), (3, 17, 33, 65), (4, 16, 64, 32), (1, 197, 64, 197), (2, 9, 1, 40)],
     ids=str,
 )
-@pytest.mark.parametrize("flat", [False, True])
-def test_gemm_matches_numpy(shape: tuple[int, int, int, int], flat: bool) -> None:
+@pytest.mark.parametrize(("form", "kc"), [("3d", 8), ("flat", 256), ("flat-packed", 8), ("3d-packed", 256)])
+def test_gemm_matches_numpy(shape: tuple[int, int, int, int], form: str, kc: int) -> None:
     """Rows off the register block, columns off the panel (the clamped tail), a panel wider
-    than ``n``, K = 1; ``flat``: the 2-D form of one product."""
+    than ``n``, K = 1; ``flat``: the 2-D form of one product; ``packed``: ``b`` by panels (a
+    weight's layout); ``kc`` 8: K in blocks, the last one partial."""
     import tvm
 
+    from targets.tvm.kernels.formats import panels
+
     g, m, k, n = shape
+    flat, packed = form.startswith("flat"), form.endswith("packed")
     if flat and g != 1:
         with pytest.raises(ValueError, match="one matrix product"):
             gemm_kernel(g, m, k, n, lanes=8, flat=True)
         return
     set_threads()
-    func = gemm_kernel(g, m, k, n, lanes=8, flat=flat)
+    func = gemm_kernel(g, m, k, n, lanes=8, kc=kc, packed_b=packed, flat=flat)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(host_target()))
     rng = np.random.default_rng(2)
     a = rng.standard_normal((g, m, k)).astype(np.float32)
     b = rng.standard_normal((g, k, n)).astype(np.float32)
     y = np.full((g, m, n), np.nan, np.float32)
-    args = [tvm.runtime.tensor(t[0] if flat else t) for t in (a, b, y)]
+    stored = np.stack([panels(x, 16) for x in b]) if packed else b
+    args = [tvm.runtime.tensor(t[0] if flat else t) for t in (a, stored, y)]
     lib["main"](*args)
     np.testing.assert_allclose(args[2].numpy().reshape(g, m, n), a @ b, rtol=1e-5, atol=1e-5)

@@ -18,7 +18,7 @@ import numpy as np
 @dataclass(frozen=True)
 class Format:
     """How a weight is stored and multiplied. ``kind`` is ``dense``, ``gemm`` (dense, stored
-    transposed for the register-blocked GEMM, batch > 1) or ``bsr`` (``csr`` = 1x1 blocks)."""
+    transposed by panels for the register-blocked GEMM, batch > 1) or ``bsr`` (``csr`` = 1x1 blocks)."""
 
     kind: str
     block: tuple[int, int] = (1, 1)
@@ -102,7 +102,7 @@ def pack(weight: np.ndarray, fmt: Format) -> Packed:
     if fmt.kind == "dense":
         return Packed(fmt, weight.shape, [weight.astype(fmt.dtype)])
     if fmt.kind == "gemm":
-        return Packed(fmt, weight.shape, [np.ascontiguousarray(weight.T)])
+        return Packed(fmt, weight.shape, [panels(weight.T, GEMM_PANEL)])
     r, c = fmt.block
     u = fmt.unroll
     blocks, starts = _blocks(weight, fmt.block)
@@ -123,13 +123,27 @@ def pack(weight: np.ndarray, fmt: Format) -> Packed:
     return Packed(fmt, weight.shape, [values, indices, indptr])
 
 
+GEMM_PANEL = 16
+"""Columns of a weight's transpose per panel of the GEMM (``gemm_cpu``): two AVX2 vectors, four NEON
+ones."""
+
+
+def panels(b: np.ndarray, panel: int) -> np.ndarray:
+    """``b`` (K x N) by panels of ``panel`` columns, as ``gemm_kernel(packed_b=True)`` reads it:
+    panels x K x panel, each panel's rows contiguous, the columns past N zeros."""
+    k, n = b.shape
+    padded = np.zeros((k, -(-n // panel) * panel), np.float32)
+    padded[:, :n] = b
+    return np.ascontiguousarray(padded.reshape(k, -1, panel).transpose(1, 0, 2))
+
+
 def unpack(packed: Packed) -> np.ndarray:
     """The dense float32 weight a packed one multiplies by (for tests)."""
     n, k = packed.shape
     if packed.format.kind == "dense":
         return packed.arrays[0].astype(np.float32)
     if packed.format.kind == "gemm":
-        return packed.arrays[0].T.copy()
+        return packed.arrays[0].transpose(1, 0, 2).reshape(k, -1)[:, :n].T.copy()
     values, indices, indptr = packed.arrays
     r, c = packed.format.block
     used = int(indptr[-1]) * packed.format.unroll

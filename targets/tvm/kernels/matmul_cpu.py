@@ -10,7 +10,7 @@ layout is ``formats``'s.
 
 from __future__ import annotations
 
-from targets.tvm.kernels.formats import Packed, sparse_layout
+from targets.tvm.kernels.formats import GEMM_PANEL, Packed, sparse_layout
 
 CHUNKS = 64
 """Parallel work items of the sparse kernel: accumulators are allocated once per item, not per
@@ -34,7 +34,17 @@ def kernel(packed: Packed, batch: int, lanes: int = 8):
         from targets.tvm.kernels.gemm_cpu import gemm_kernel
 
         n, k = packed.shape
-        return gemm_kernel(1, batch, k, n, lanes, flat=True, parallel=packed.format.parallel)
+        return gemm_kernel(
+            1,
+            batch,
+            k,
+            n,
+            lanes,
+            vectors=GEMM_PANEL // lanes,
+            packed_b=True,
+            flat=True,
+            parallel=packed.format.parallel,
+        )
     if packed.format.batch_inner:
         return _bsr_batch_inner_kernel(packed, batch, lanes)
     return _bsr_kernel(packed, batch)
