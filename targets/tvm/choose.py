@@ -21,6 +21,10 @@ from targets.tvm.devices import Kernels, set_threads
 from targets.tvm.kernels import Format, Packed, pack
 
 ROUNDS = 7  # turns of timing per candidate kernel
+SHARED_DENSITY = 0.02
+"""Weights of one shape (and batch, and candidates) whose densities round to the same multiple
+of this share one decision: the kernels' speed follows the number of nonzeros, not which ones,
+and a transformer's dozens of same-shape weights, pruned to one sparsity, then cost one timing."""
 CACHE_VERSION = 5  # bump when the kernels change: cached timings are of the old ones
 
 
@@ -41,7 +45,8 @@ class KernelChooser:
     host, or a remote one: the library is then exported with ``compiler`` and uploaded).
     ``kernels`` is the device family's policy: the candidates, the rule used with
     ``measure=False`` (nothing timed; reported as such), how each is built. Decisions are cached
-    per target, device kind, thread count, shape, batch and sparsity pattern.
+    per target, device kind, thread count, shape, batch and sparsity pattern, and shared by the
+    weights of one shape and a density within ``SHARED_DENSITY`` (``Choice.cached`` then too).
     """
 
     def __init__(
@@ -71,14 +76,14 @@ class KernelChooser:
         formats = self.kernels.candidates(weight, batch, self.threshold, self.fp16)
         if not self.measure:
             return Choice(self.kernels.rule(weight, batch, self.threshold, self.fp16))
-        key = self._key(weight, batch, [f.name for f in formats])
+        names = [f.name for f in formats]
 
         def time() -> list[float]:
             return self.timer(
                 [self.kernels.timed(pack(weight, f), batch, self.target) for f in formats], batch
             )
 
-        return self._fastest(key, formats, time)
+        return self._fastest(self._keys(weight, batch, names), formats, time)
 
     def choose_kernel(
         self,
@@ -93,19 +98,22 @@ class KernelChooser:
         (outputs last). Without timing, the first candidate. Cached like the matmuls' choices."""
         if not self.measure:
             return Choice(candidates[0])
-        key = self._key(weight, batch, [kind, *(f.name for f in candidates)])
-        return self._fastest(key, candidates, lambda: self.time_calls([make(f) for f in candidates]))
+        keys = self._keys(weight, batch, [kind, *(f.name for f in candidates)])
+        return self._fastest(keys, candidates, lambda: self.time_calls([make(f) for f in candidates]))
 
-    def _fastest(self, key: str, formats: list[Format], time: Callable[[], list[float]]) -> Choice:
-        """The cached choice for ``key``, else the fastest of ``formats`` by ``time()`` (seconds
-        per call of each), cached."""
-        hit = self._cache.get(key)
+    def _fastest(
+        self, keys: tuple[str, str], formats: list[Format], time: Callable[[], list[float]]
+    ) -> Choice:
+        """The cached choice for ``keys`` (this weight's, else one shared with weights like it),
+        else the fastest of ``formats`` by ``time()`` (seconds per call of each), cached under both."""
+        hit = self._cache.get(keys[0]) or self._cache.get(keys[1])
         if hit is not None:
             fmt = Format(**{**hit["format"], "block": tuple(hit["format"]["block"])})
             return Choice(fmt, hit["times_ms"], cached=True)
         times = {self.label(fmt): t * 1e3 for fmt, t in zip(formats, time(), strict=True)}
         best = min(formats, key=lambda f: times[self.label(f)])
-        self._cache[key] = {"format": asdict(best), "times_ms": times}
+        for key in keys:
+            self._cache[key] = {"format": asdict(best), "times_ms": times}
         self._save_cache()
         return Choice(best, times)
 
@@ -117,13 +125,16 @@ class KernelChooser:
     def label(self, fmt: Format) -> str:
         return self.kernels.label(fmt)
 
-    def _key(self, weight: np.ndarray, batch: int, names: list[str]) -> str:
-        h = hashlib.sha256()
+    def _keys(self, weight: np.ndarray, batch: int, names: list[str]) -> tuple[str, str]:
+        """The cache keys of a decision: for this sparsity pattern, and shared by the weights of
+        its shape and density (``SHARED_DENSITY``)."""
         threads = set_threads() if self.device.session is None else self.device.info.get("cpus")
         key = [CACHE_VERSION, self.target, self.device.cache_key, threads, batch, list(weight.shape), names]
-        h.update(json.dumps(key).encode())
-        h.update(np.packbits(weight != 0).tobytes())
-        return h.hexdigest()
+        own = hashlib.sha256(json.dumps(key).encode())
+        own.update(np.packbits(weight != 0).tobytes())
+        density = round(np.count_nonzero(weight) / max(weight.size, 1) / SHARED_DENSITY)
+        shared = hashlib.sha256(json.dumps([*key, "density", density]).encode())
+        return own.hexdigest(), shared.hexdigest()
 
     def _time(self, kernels: list[tuple[Any, Packed]], batch: int) -> list[float]:
         rng = np.random.default_rng(0)

@@ -101,6 +101,32 @@ def test_choice_is_measured_cached_and_skips_sparse_formats_below_the_threshold(
     assert again.cached and again.format == choice.format and not timed
 
 
+def test_weights_of_one_shape_and_density_share_a_decision(tmp_path: Path) -> None:
+    """A second weight of the same shape and about the same density (another pattern) is not
+    timed; one of another density, or another shape, is."""
+    timed: list[int] = []
+
+    def timer(kernels: list[tuple[object, Packed]], batch: int) -> list[float]:
+        timed.append(len(kernels))
+        return [1e-3] * len(kernels)
+
+    rng = np.random.default_rng(0)
+
+    def pruned(shape: tuple[int, int], density: float) -> np.ndarray:
+        weight = rng.standard_normal(shape).astype(np.float32)
+        weight[rng.random(shape) >= density] = 0
+        return weight
+
+    chooser = KernelChooser(host_target(), cache=tmp_path / "cache.json", timer=timer)
+    first = pruned((64, 96), 0.10)
+    assert not chooser.choose(first, 1).cached and len(timed) == 1
+    like = pruned((64, 96), 0.10)
+    assert not np.array_equal(like != 0, first != 0)
+    assert chooser.choose(like, 1).cached and len(timed) == 1
+    assert not chooser.choose(pruned((64, 96), 0.30), 1).cached and len(timed) == 2
+    assert not chooser.choose(pruned((96, 64), 0.10), 1).cached and len(timed) == 3
+
+
 def test_verification_catches_a_wrong_sparse_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sparse kernel that reads the column after the right one (an off-by-one index)."""
 
