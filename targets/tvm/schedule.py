@@ -65,6 +65,55 @@ PARALLEL_ELEMENTS = 1 << 16  # elementwise functions this large run on every cor
 PARALLEL_CHUNKS = 64  # the parallel items of a one-loop elementwise function
 
 
+WINDOW = 64  # reduction points per output at most for a window's reduction (pooling)
+
+
+def window_rule() -> Any:
+    """A dlight rule for a reduction over a small window of each output (max and average
+    pooling, a global average over a 7x7 map), which TVM's CPU pipeline leaves serial (ResNet-18's
+    3x3 max-pool took 0.88 ms, 0.22 ms so): the padding before it inlined, the outputs' loops
+    fused and run in parallel (but the innermost, when it is a vector long) with the window's
+    loops unrolled, and what follows it (an average's division) computed in the same loop."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import ScheduleRule
+
+    @ScheduleRule.from_callable("Window")
+    def rule(func: Any, target: Any, tunable: bool) -> Any:
+        sch = s_tir.Schedule(func)
+        try:
+            blocks = normalize_prim_func(sch)
+        except Exception:
+            return None
+        reductions = [i for i, b in enumerate(blocks or []) if not b.is_injective()]
+        if len(reductions) != 1:
+            return None
+        window = blocks[reductions[0]]
+        kinds, extents = window.dom_kind(), window.dom()
+        spatial = len(kinds.rstrip("R"))
+        if "R" in kinds[:spatial] or not all(isinstance(e, int) for e in extents):
+            return None  # not the outputs' loops then the window's
+        if math.prod(extents[spatial:]) > WINDOW:
+            return None
+        try:
+            for block in blocks[: reductions[0]]:
+                sch.compute_inline(block.block_rv)
+            loops = sch.get_loops(window.block_rv)
+            fused = spatial - 1 if spatial > 1 and extents[spatial - 1] >= 8 else spatial
+            outer = sch.fuse(*loops[:fused]) if fused > 1 else loops[0]
+            if math.prod(extents) >= PARALLEL_ELEMENTS:
+                sch.parallel(outer)
+            for loop in loops[spatial:]:
+                sch.unroll(loop)
+            for block in blocks[reductions[0] + 1 :]:
+                sch.reverse_compute_at(block.block_rv, outer)
+        except Exception:
+            return None
+        return sch
+
+    return rule
+
+
 def relax_pipeline(target: Any, lanes: int, schedule: bool, lift: LiftConstants) -> Any:
     """TVM's default pipeline for ``target``, on CPU plus schedules (``schedule``) for what it
     leaves unscheduled; the weights are lifted out of the code (``lift``) once folded."""
@@ -77,7 +126,7 @@ def relax_pipeline(target: Any, lanes: int, schedule: bool, lift: LiftConstants)
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod: Any, _ctx: Any) -> Any:
-        rules = (dlight.cpu.GEMV(), dlight.cpu.Reduction(), elementwise_rule(lanes))
+        rules = (dlight.cpu.GEMV(), window_rule(), dlight.cpu.Reduction(), elementwise_rule(lanes))
         with target:
             passes = [
                 *([fast_math_pass(lanes)] if schedule else []),

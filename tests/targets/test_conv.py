@@ -30,6 +30,7 @@ CONVS = {  # (in, out, kernel, stride, padding, dilation, groups), input size
     "3x3-stride3": ((2, 3, 3, 3, 2, 1, 1), (9, 9)),
     "narrow": ((5, 3, 3, 1, 0, 1, 1), (4, 4)),  # a 2x2 output: one tile narrower than a vector
     "3x3-many-channels": ((64, 8, 3, 1, 1, 1, 1), (10, 20)),  # input channels in blocks
+    "3x3-three-vectors-wide": ((4, 6, 3, 1, 1, 1, 1), (5, 24)),  # tiles of one vector, none shifted
 }
 
 

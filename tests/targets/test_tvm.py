@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +312,49 @@ def test_weights_through_the_gemm_beside_attention_gemms(
     artifact, runner = backend.build(state, CPU, tmp_path)
     assert backend.gemms == 2 and {layer["format"] for layer in runner.layers} == {"gemm"}
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+
+
+POOLS = {  # the op, and the input's shape
+    "max-3x3-stride2": (lambda t: nn.functional.max_pool2d(t, 3, 2, 1), (1, 32, 41, 40)),
+    "avg-2x2-stride2": (lambda t: nn.functional.avg_pool2d(t, 2, 2), (1, 64, 32, 33)),
+    "global-avg-7x7": (lambda t: nn.functional.adaptive_avg_pool2d(t, 1), (1, 512, 7, 7)),
+}
+
+
+@pytest.mark.parametrize("name", list(POOLS))
+def test_pooling_runs_in_parallel_and_matches_torch(name: str) -> None:
+    """The window rule schedules pooling (a reduction over a small window per output) in
+    parallel with its window unrolled, and the result is torch's."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.relax.frontend.torch import from_exported_program
+    from tvm.s_tir import dlight
+
+    from targets.tvm.schedule import window_rule
+
+    op, shape = POOLS[name]
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    program = torch.export.export(ExportableOp(op), (x,))
+    target = tvm.target.Target(host_target())
+    with target:
+        mod = tvm.transform.Sequential(cpu.legalize_passes(target))(from_exported_program(program))
+        scheduled = dlight.ApplyDefaultSchedule(window_rule())(mod)
+    kernels = [f.script() for gv, f in scheduled.functions.items() if gv.name_hint != "main"]
+    # the global average is too little work to share between threads
+    parallel = name != "global-avg-7x7"
+    assert any(("T.parallel" in k) == parallel and "T.unroll" in k for k in kernels), kernels
+    vm = relax.VirtualMachine(tvm.compile(scheduled, target=target), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy()))
+    got = got[0] if isinstance(got, tvm.ir.Array | list | tuple) else got
+    np.testing.assert_allclose(got.numpy(), op(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+class ExportableOp(nn.Module):
+    def __init__(self, op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
