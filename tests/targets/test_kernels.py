@@ -167,7 +167,7 @@ def test_gemm_matches_numpy(shape: tuple[int, int, int, int], form: str, kc: int
     weight's layout); ``kc`` 8: K in blocks, the last one partial."""
     import tvm
 
-    from targets.tvm.kernels.formats import panels
+    from targets.tvm.kernels.formats import GEMM_PANEL, panels
 
     g, m, k, n = shape
     flat, packed = form.startswith("flat"), form.endswith("packed")
@@ -176,13 +176,13 @@ def test_gemm_matches_numpy(shape: tuple[int, int, int, int], form: str, kc: int
             gemm_kernel(g, m, k, n, lanes=8, flat=True)
         return
     set_threads()
-    func = gemm_kernel(g, m, k, n, lanes=8, kc=kc, packed_b=packed, flat=flat)
+    func = gemm_kernel(g, m, k, n, lanes=8, vectors=GEMM_PANEL // 8, kc=kc, packed_b=packed, flat=flat)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(host_target()))
     rng = np.random.default_rng(2)
     a = rng.standard_normal((g, m, k)).astype(np.float32)
     b = rng.standard_normal((g, k, n)).astype(np.float32)
     y = np.full((g, m, n), np.nan, np.float32)
-    stored = np.stack([panels(x, 16) for x in b]) if packed else b
+    stored = np.stack([panels(x, GEMM_PANEL) for x in b]) if packed else b
     args = [tvm.runtime.tensor(t[0] if flat else t) for t in (a, stored, y)]
     lib["main"](*args)
     np.testing.assert_allclose(args[2].numpy().reshape(g, m, n), a @ b, rtol=1e-5, atol=1e-5)

@@ -9,10 +9,11 @@ then added to ``y``. A work item is a panel (or a range of its row blocks, where
 few); within it the K blocks are outermost, so one block of the panel (16 KB at ``kc`` 256)
 stays in L1 while every row block passes it. A constant weight is stored by panels, each
 contiguous (read in place, a panel's rows lie a row of ``b`` apart: 12 KB at N = 3072);
-``benchmarks/gemm.py`` measured the kernel without K blocks or panels at 0.58x and 0.35x of
+``benchmarks/gemm.py`` measured the kernel without K blocks or panels at 0.57x and 0.38x of
 this on 128 x 768 x 3072 and 128 x 3072 x 768 (2 threads, side by side). The last row block
 reads a clamped row and stores only the rows that exist; the columns past the last full panel
-go through one panel-wide tail that reads clamped columns (or the zeros a packed panel has).
+go through the same code as one more panel that reads clamped columns (or the zeros a packed
+panel has) and stores the columns that exist.
 Work items run in parallel in ``CHUNKS`` contiguous ranges.
 """
 
@@ -60,13 +61,48 @@ def gemm_kernel(
     def shape(*dims: int) -> tuple[int, ...]:
         return dims[1:] if flat else dims
 
-    tail_items = g * blocks if tail else 0
+    tail_items = g * parts if tail else 0
     main_loop = T.parallel if items and parallel else T.serial  # no work: no waking the pool
     tail_loop = T.parallel if tail_items and parallel else T.serial
     per_g = max(1, panels * parts)
 
     # b by panels (``formats.panels``: K x panel each, the last one padded with zeros), or as it is
     b_shape = (g, -(-n // panel), k, panel) if packed_b else (g, k, n)
+
+    @T.macro
+    def panel_rows(a, b, bp, y, gi, j0, first, edge):
+        """Row blocks ``first`` to ``first + span`` (those that exist) times the panel at column
+        ``j0``, K block by K block; ``edge``: the panel past the last full one, its columns of
+        ``b`` and ``y`` clamped to the last (a packed panel holds zeros there) and only the
+        ``tail`` that exist stored."""
+        acc = T.alloc_buffer((rows, panel), "float32", scope="local")
+        for kb in range(kblocks):
+            for blk in range(T.min(span, blocks - first)):
+                i0: T.let = (first + blk) * rows
+                for r in T.unroll(rows):
+                    for v in T.vectorized(panel):
+                        acc[r, v] = T.if_then_else(
+                            kb == 0, T.float32(0), y[gi, T.min(i0 + r, m - 1), T.min(j0 + v, n - 1)]
+                        )
+                for p0 in range(T.min(kc, k - kb * kc)):
+                    p: T.let = kb * kc + p0
+                    for r in T.unroll(rows):
+                        i: T.let = T.min(i0 + r, m - 1)
+                        for v in T.vectorized(panel):
+                            if packed_b:
+                                acc[r, v] = acc[r, v] + a[gi, i, p] * bp[gi, j0 // panel, p, v]
+                            elif edge:
+                                acc[r, v] = acc[r, v] + a[gi, i, p] * b[gi, p, T.min(j0 + v, n - 1)]
+                            else:
+                                acc[r, v] = acc[r, v] + a[gi, i, p] * b[gi, p, j0 + v]
+                for r in T.unroll(rows):
+                    if i0 + r < m:
+                        if edge:
+                            for v in range(tail):
+                                y[gi, i0 + r, j0 + v] = acc[r, v]
+                        else:
+                            for v in T.vectorized(panel):
+                                y[gi, i0 + r, j0 + v] = acc[r, v]
 
     @T.prim_func
     def gemm(
@@ -80,52 +116,11 @@ def gemm_kernel(
         bp = T.decl_buffer((g, -(-n // panel), k, panel), "float32", data=b_in.data)
         y = T.decl_buffer((g, m, n), "float32", data=y_out.data)
         for chunk in main_loop(chunks):
-            acc = T.alloc_buffer((rows, panel), "float32", scope="local")
             for t in range(T.min(per, items - chunk * per)):
                 item: T.let = chunk * per + t
-                gi: T.let = item // per_g
                 j0: T.let = item % per_g // parts * panel
-                first: T.let = item % parts * span  # the item's first row block
-                for kb in range(kblocks):
-                    for blk in range(T.min(span, blocks - first)):
-                        i0: T.let = (first + blk) * rows
-                        for r in T.unroll(rows):
-                            for v in T.vectorized(panel):
-                                acc[r, v] = T.if_then_else(
-                                    kb == 0, T.float32(0), y[gi, T.min(i0 + r, m - 1), j0 + v]
-                                )
-                        for p0 in range(T.min(kc, k - kb * kc)):
-                            p: T.let = kb * kc + p0
-                            for r in T.unroll(rows):
-                                i: T.let = T.min(i0 + r, m - 1)
-                                for v in T.vectorized(panel):
-                                    if packed_b:
-                                        acc[r, v] = acc[r, v] + a[gi, i, p] * bp[gi, j0 // panel, p, v]
-                                    else:
-                                        acc[r, v] = acc[r, v] + a[gi, i, p] * b[gi, p, j0 + v]
-                        for r in T.unroll(rows):
-                            if i0 + r < m:
-                                for v in T.vectorized(panel):
-                                    y[gi, i0 + r, j0 + v] = acc[r, v]
+                panel_rows(a, b, bp, y, item // per_g, j0, item % parts * span, False)
         for item in tail_loop(tail_items):
-            acc = T.alloc_buffer((rows, panel), "float32", scope="local")
-            gi: T.let = item // blocks
-            i0: T.let = item % blocks * rows
-            for r, v in T.grid(rows, panel):
-                acc[r, v] = T.float32(0)
-            for p in range(k):
-                for r in T.unroll(rows):
-                    for v in T.vectorized(panel):
-                        if packed_b:
-                            acc[r, v] = acc[r, v] + a[gi, T.min(i0 + r, m - 1), p] * bp[gi, panels, p, v]
-                        else:
-                            acc[r, v] = (
-                                acc[r, v]
-                                + a[gi, T.min(i0 + r, m - 1), p] * b[gi, p, T.min(panels * panel + v, n - 1)]
-                            )
-            for r in range(rows):
-                if i0 + r < m:
-                    for v in range(tail):
-                        y[gi, i0 + r, panels * panel + v] = acc[r, v]
+            panel_rows(a, b, bp, y, item // parts, panels * panel, item % parts * span, True)
 
     return gemm
