@@ -1,6 +1,6 @@
-"""Where a convolution kernel stores its output: as it is, or — when the only reader is a stride-1
-convolution whose input the kernel prepares (padded planes) — in that prepared layout, so that
-no copy is prepared between them."""
+"""Where a convolution kernel stores its output: as it is, or — when the only reader is a
+convolution of stride 1 or 2 whose input the kernel prepares (padded planes, split into the
+stride's phases) — in that prepared layout, so that no copy is prepared between them."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from targets.tvm.rewrite import rewrite_main
 
 
 def prepared_layout(shape: ConvShape, lanes: int) -> Stored:
-    """The prepared input of a stride-1 convolution as a ``Stored`` layout."""
+    """The prepared input of a convolution as a ``Stored`` layout."""
     h2, w2 = shape.phase_size
-    return Stored(*shape.padding, shape.prepared_size(lanes) - shape.channels * h2 * w2)  # type: ignore[misc]
+    slack = shape.prepared_size(lanes) - shape.channels * shape.stride**2 * h2 * w2
+    return Stored(*shape.padding, slack, shape.stride)  # type: ignore[misc]
 
 
 def consumer_layout(root: Any, graph: tuple[dict, dict, dict], lanes: int) -> Stored | None:
-    """The layout to store a chain's output ``root`` in when its only reader is a stride-1
-    convolution whose input the kernel prepares (through an explicit zero ``pad`` read only by
+    """The layout to store a chain's output ``root`` in when its only reader is a convolution of
+    stride 1 or 2 whose input the kernel prepares (through an explicit zero ``pad`` read only by
     it, as TF-style models have); None otherwise. ``graph``: ``main``'s use counts, readers
     (``readers``) and each value's variable."""
     import tvm
@@ -38,7 +39,10 @@ def consumer_layout(root: Any, graph: tuple[dict, dict, dict], lanes: int) -> St
     if not isinstance(value.args[1], tvm.ir.expr.Constant):
         return None
     shape = conv_shape(value, value.args[1].value.numpy(), root, extra)
-    if shape is None or shape.stride != 1 or shape.flat(lanes).reads_input_as_is(lanes):
+    if shape is None or shape.flat(lanes).reads_input_as_is(lanes):
+        return None
+    # by phases of 2, the producer's tiles start at even columns and fit in its rows
+    if shape.stride > 2 or (shape.stride == 2 and (shape.width % 2 or shape.width < lanes)):
         return None
     return prepared_layout(shape.flat(lanes), lanes)
 
@@ -62,8 +66,10 @@ def reuse_stored(mod: Any, stored_by: dict[str, Stored], prepared_as: dict[str, 
         if not isinstance(gvar, relax.GlobalVar) or gvar.name_hint not in prepared_as:
             return call
         view = source(args.fields[0], "relax.strided_slice")  # the output's window in its planes
-        flat = source(view, "relax.reshape") if view is not None else None
-        stored = source(flat, "relax.strided_slice") if flat is not None else None
+        grid = source(view, "relax.reshape") if view is not None else None
+        if (moved := source(grid, "relax.permute_dims")) is not None:  # phase planes put in place
+            grid = source(moved, "relax.reshape")
+        stored = source(grid, "relax.strided_slice") if grid is not None else None
         kernel_call = values.get(stored) if stored is not None else None
         if not is_op_call(kernel_call, "relax.call_tir"):
             return call

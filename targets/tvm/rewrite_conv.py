@@ -129,7 +129,7 @@ def rewrite_convs(
     var_of = {value: var for var, value in relax.analysis.get_var2val(mod["main"]).items()}
     reads = readers(mod["main"])
     stored_by: dict[str, Stored] = {}  # kernels storing their output in a consumer's layout
-    prepared_as: dict[str, Stored] = {}  # preparations of stride-1 inputs, as layouts
+    prepared_as: dict[str, Stored] = {}  # preparations of inputs, as layouts
 
     def rewriter(call: Any, matches: dict) -> Any:
         inner = [matches[p] for p in (conv_pattern, biased, *sums) if p in matches]
@@ -206,8 +206,7 @@ def rewrite_convs(
             if key not in preparers:
                 name = f"prepare_conv_input_{len(preparers)}"
                 preparers[key] = add_kernel(builder, prepare_kernel(shape, lanes), name)
-                if shape.stride == 1:
-                    prepared_as[name] = prepared_layout(shape, lanes)
+                prepared_as[name] = prepared_layout(shape, lanes)
             size = shape.prepared_size(lanes)
             prepared = relax.call_tir(preparers[key], [data], out_ty=relax.TensorType((size,), "float32"))
         unused = relax.const(np.zeros(1, np.float32))
@@ -223,10 +222,14 @@ def rewrite_convs(
             return relax.op.reshape(out, (1, o, oh, ow))
         # the output tensor as a view of its planes: the consumer's preparation then reads the
         # kernel's output itself (``reuse_stored``); anything else still gets the right tensor
-        h3, w3 = oh + stored.top + stored.bottom, ow + stored.left + stored.right
-        planes = relax.op.strided_slice(out, axes=[0], begin=[0], end=[o * h3 * w3])
+        s, (h3, w3) = stored.stride, stored.phase_size(oh, ow)
+        planes = relax.op.strided_slice(out, axes=[0], begin=[0], end=[o * s * s * h3 * w3])
+        grid = relax.op.reshape(planes, (1, o, h3, w3))
+        if s > 1:  # the phase planes back in place: (row, row phase) and (column, column phase)
+            phased = relax.op.reshape(planes, (1, o, s, s, h3, w3))
+            grid = relax.op.reshape(relax.op.permute_dims(phased, [0, 1, 4, 2, 5, 3]), (1, o, h3 * s, w3 * s))
         window = [stored.top, stored.left], [stored.top + oh, stored.left + ow]
-        return relax.op.strided_slice(relax.op.reshape(planes, (1, o, h3, w3)), [2, 3], *window)
+        return relax.op.strided_slice(grid, [2, 3], *window)
 
     mod = rewrite_main(mod, pattern, rewriter, builder, shared=True)
     mod = reuse_stored(mod, stored_by, prepared_as)

@@ -219,28 +219,34 @@ def test_input_channel_blocks_keep_the_sum(blocks: int, groups: int, rows: int) 
 
 def test_an_output_only_a_convolution_reads_is_stored_as_its_prepared_input(tmp_path: Path) -> None:
     """A 1x1 expansion feeding a padded depthwise convolution (MobileNetV2's blocks, padded by
-    the convolution or, TF-style, by its own op), and that one feeding a convolution padded
-    unevenly, store their outputs as the next one's prepared input, zeros around them: no
-    preparation copies them. An output read twice is stored as it is and prepared."""
+    the convolution or, TF-style, by its own op; of stride 1 or 2, split into phases), and that
+    one feeding a convolution padded unevenly, store their outputs as the next one's prepared
+    input, zeros around them: no preparation copies them. An output read twice is stored as it
+    is and prepared, and so is one of odd width read by a convolution of stride 2."""
     from targets.tvm.export import export_relax
     from targets.tvm.rewrite_conv import rewrite_convs
 
     torch.manual_seed(0)
     chain = [nn.Conv2d(4, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6()]
     tf_style = [nn.Conv2d(4, 8, 1), nn.ReLU6(), nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(8, 8, 3, groups=8)]
-    for module, prepares in (
-        (nn.Sequential(*chain, nn.Conv2d(8, 6, (3, 5), padding=(0, 2))), 0),
-        (nn.Sequential(*tf_style), 0),  # the explicit zero padding too
-        (Twice(nn.Sequential(*chain)), 1),
+    strided = [nn.Conv2d(4, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, 2, padding=1, groups=8), nn.ReLU6()]
+    uneven = [nn.Conv2d(4, 6, 1), nn.Conv2d(6, 5, 5, 2, padding=(1, 2))]  # a 5x5 padded unevenly
+    for name, module, size, prepares in (
+        ("chain", nn.Sequential(*chain, nn.Conv2d(8, 6, (3, 5), padding=(0, 2))), (9, 13), 0),
+        ("tf-style", nn.Sequential(*tf_style), (9, 13), 0),  # the explicit zero padding too
+        ("stride-2", nn.Sequential(*strided), (11, 16), 0),
+        ("stride-2-uneven", nn.Sequential(*uneven), (9, 18), 0),
+        ("stride-2-odd-width", nn.Sequential(*strided), (10, 13), 1),
+        ("read-twice", Twice(nn.Sequential(*chain)), (9, 13), 1),
     ):
         with torch.no_grad():
             module[0].weight[torch.rand(module[0].weight.shape) < 0.5] = 0
-        state = State(module=module.eval(), example_inputs=(torch.randn(1, 4, 9, 13),))
+        state = State(module=module.eval(), example_inputs=(torch.randn(1, 4, *size),))
         after, _ = rewrite_convs(export_relax(state), lanes=8)
         called = {gvar.name_hint for gvar in tvm_calls(after)}
-        assert len([c for c in called if c.startswith("prepare_conv_input")]) == prepares, after.script()
-        artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path / str(prepares))
-        assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+        assert len([c for c in called if c.startswith("prepare_conv_input")]) == prepares, name
+        artifact, runner = TvmBackend(measure=False).build(state, CPU, tmp_path / name)
+        assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4, name
 
 
 class Twice(nn.Module):

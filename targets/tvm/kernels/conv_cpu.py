@@ -119,22 +119,30 @@ class Epilogue:
 
 @dataclass(frozen=True)
 class Stored:
-    """Where the kernel stores its output: per output channel a plane of (OH + top + bottom) x
-    (OW + left + right) floats holding the output at (top, left) and zeros around it, then
-    ``slack`` zeros. That is the prepared input of the stride-1 convolution reading the output
-    (``ConvShape.prepared_size``), which then needs no copy of it; the default stores the
-    output as it is."""
+    """Where the kernel stores its output: padded by ``top``, ``left``, ``bottom``, ``right`` zeros
+    and, for ``stride`` s, split into its s x s phases — per output channel s x s planes of
+    ceil((OH + top + bottom) / s) x ceil((OW + left + right) / s) floats, the padded position
+    (R, C) in plane (R % s, C % s) at (R // s, C // s) — then ``slack`` zeros. That is the
+    prepared input of the convolution of stride s reading the output
+    (``ConvShape.prepared_size``), which then needs no copy of it; the default stores the output
+    as it is."""
 
     top: int = 0
     left: int = 0
     bottom: int = 0
     right: int = 0
     slack: int = 0
+    stride: int = 1
+
+    def phase_size(self, height: int, width: int) -> tuple[int, int]:
+        """Rows and columns of one phase plane of an output of ``height`` x ``width``."""
+        s = self.stride
+        return -(-(height + self.top + self.bottom) // s), -(-(width + self.left + self.right) // s)
 
     def size(self, channels: int, height: int, width: int) -> int:
         """Floats stored for an output of ``channels`` x ``height`` x ``width``."""
-        planes = (height + self.top + self.bottom) * (width + self.left + self.right)
-        return channels * planes + self.slack
+        h2, w2 = self.phase_size(height, width)
+        return channels * self.stride**2 * h2 * w2 + self.slack
 
 
 def supported(shape: ConvShape) -> bool:
@@ -231,10 +239,17 @@ def conv_kernel(
     low, high = epilogue.low, epilogue.high
     bias_shape = (o_ch,) if has_bias else (1,)
     residual_shape = (o_ch, oh, ow) if has_residual else (1,)
-    top, left = stored.top, stored.left
-    h3, w3 = oh + top + stored.bottom, ow + left + stored.right  # a stored plane
+    top, left, phases = stored.top, stored.left, stored.stride
+    h3, w3 = stored.phase_size(oh, ow)  # a stored (phase) plane
+    plane = h3 * w3
     out_size = stored.size(o_ch, oh, ow)
     bordered = out_size != o_ch * oh * ow
+    if phases not in (1, 2) or (phases == 2 and (ow % 2 or tw > ow)):
+        raise ValueError(f"cannot store a {oh}x{ow} output in {phases} x {phases} phases")
+    # by phases of 2: a tile row's even and odd columns (a tile starts at an even column) go to
+    # two phase planes, each half the row; columns past the padding's parity start one later
+    evens, odds = list(range(0, tw, 2)), list(range(1, tw, 2))
+    even_phase, odd_shift = left % 2, left % 2
 
     @T.prim_func
     def conv(
@@ -293,20 +308,35 @@ def conv_kernel(
                                         out[r, v] = T.max(out[r, v], T.float32(low))
                                     if high is not None:
                                         out[r, v] = T.min(out[r, v], T.float32(high))
-                                    y[((o0 + k) * h3 + top + oh0 + r) * w3 + left + ow0 + v] = out[r, v]
-        if bordered:  # the zeros around each plane, and after them
-            for plane_row in loop(o_ch * h3):
-                i: T.let = plane_row % h3
-                if i < top or i >= top + oh:
-                    for col in range(w3):
-                        y[plane_row * w3 + col] = T.float32(0)
-                else:
-                    for col in range(left):
-                        y[plane_row * w3 + col] = T.float32(0)
-                    for col in range(w3 - left - ow):
-                        y[plane_row * w3 + left + ow + col] = T.float32(0)
-            for col in range(out_size - o_ch * h3 * w3):
-                y[o_ch * h3 * w3 + col] = T.float32(0)
+                                    if phases == 1:
+                                        y[((o0 + k) * h3 + top + oh0 + r) * w3 + left + ow0 + v] = out[r, v]
+                                if phases == 2:
+                                    at: T.let = top + oh0 + r  # the padded row
+                                    base: T.let = (o0 + k) * 4 * plane + at % 2 * 2 * plane + at // 2 * w3
+                                    col: T.let = base + (left + ow0) // 2
+                                    even_at: T.let = col + even_phase * plane
+                                    odd_at: T.let = col + (1 - even_phase) * plane + odd_shift
+                                    row_out = out[r, T.ramp(0, 1, tw)]
+                                    y[T.ramp(even_at, 1, tw // 2)] = T.Shuffle([row_out], evens)
+                                    y[T.ramp(odd_at, 1, tw // 2)] = T.Shuffle([row_out], odds)
+        if bordered:  # the zeros around each (phase) plane, and after them
+            for plane_row in loop(o_ch * phases * h3):  # (channel, row phase, row)
+                at: T.let = plane_row % h3 * phases + plane_row // h3 % phases  # the padded row
+                for pj in T.unroll(phases):
+                    base: T.let = (plane_row // h3 * phases + pj) * plane + plane_row % h3 * w3
+                    # the columns of the phase plane that hold outputs
+                    lo: T.let = T.max((left - pj + phases - 1) // phases, 0)
+                    hi: T.let = T.min((left + ow - pj + phases - 1) // phases, w3)
+                    if at < top or at >= top + oh:
+                        for col in range(w3):
+                            y[base + col] = T.float32(0)
+                    else:
+                        for col in range(lo):
+                            y[base + col] = T.float32(0)
+                        for col in range(w3 - hi):
+                            y[base + hi + col] = T.float32(0)
+            for col in range(out_size - o_ch * phases**2 * plane):
+                y[o_ch * phases**2 * plane + col] = T.float32(0)
 
     return conv
 
