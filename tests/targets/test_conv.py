@@ -249,6 +249,19 @@ def test_an_output_only_a_convolution_reads_is_stored_as_its_prepared_input(tmp_
         assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4, name
 
 
+def test_an_output_of_odd_width_is_not_stored_in_phases() -> None:
+    """Phases of 2 take a tile row's even and odd columns: a tile must start at an even column."""
+    from targets.tvm.conv_layout import prepared_layout
+    from targets.tvm.kernels.conv_cpu import ConvShape, Stored, conv_kernel
+
+    reader = ConvShape(8, 9, 13, 8, (3, 3), 2, (1,) * 4, 1, 8)
+    odd = ConvShape(4, 9, 13, 8, (1, 1), 1, (0,) * 4, 1, 1)
+    with pytest.raises(ValueError, match="cannot store a 9x13 output in 2 x 2 phases"):
+        conv_kernel(odd, 8, 8, stored=prepared_layout(reader, 8))
+    with pytest.raises(ValueError, match="3 x 3 phases"):
+        conv_kernel(odd, 8, 8, stored=Stored(stride=3))
+
+
 class Twice(nn.Module):
     """``body``'s output read by a padded convolution and by the sum after it."""
 

@@ -244,12 +244,13 @@ def conv_kernel(
     plane = h3 * w3
     out_size = stored.size(o_ch, oh, ow)
     bordered = out_size != o_ch * oh * ow
-    if phases not in (1, 2) or (phases == 2 and (ow % 2 or tw > ow)):
+    if phases not in (1, 2) or (phases == 2 and (ow % 2 or tw % 2 or tw > ow)):
         raise ValueError(f"cannot store a {oh}x{ow} output in {phases} x {phases} phases")
     # by phases of 2: a tile row's even and odd columns (a tile starts at an even column) go to
-    # two phase planes, each half the row; columns past the padding's parity start one later
+    # two phase planes, each half the row; after an odd left padding the even columns are in
+    # the odd phase, and the odd ones one column further on in the even phase
     evens, odds = list(range(0, tw, 2)), list(range(1, tw, 2))
-    even_phase, odd_shift = left % 2, left % 2
+    odd_left = left % 2
 
     @T.prim_func
     def conv(
@@ -314,8 +315,8 @@ def conv_kernel(
                                     at: T.let = top + oh0 + r  # the padded row
                                     base: T.let = (o0 + k) * 4 * plane + at % 2 * 2 * plane + at // 2 * w3
                                     col: T.let = base + (left + ow0) // 2
-                                    even_at: T.let = col + even_phase * plane
-                                    odd_at: T.let = col + (1 - even_phase) * plane + odd_shift
+                                    even_at: T.let = col + odd_left * plane
+                                    odd_at: T.let = col + (1 - odd_left) * plane + odd_left
                                     row_out = out[r, T.ramp(0, 1, tw)]
                                     y[T.ramp(even_at, 1, tw // 2)] = T.Shuffle([row_out], evens)
                                     y[T.ramp(odd_at, 1, tw // 2)] = T.Shuffle([row_out], odds)
