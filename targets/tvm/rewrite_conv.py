@@ -224,8 +224,9 @@ def rewrite_convs(
         # kernel's output itself (``reuse_stored``); anything else still gets the right tensor
         s, (h3, w3) = stored.stride, stored.phase_size(oh, ow)
         planes = relax.op.strided_slice(out, axes=[0], begin=[0], end=[o * s * s * h3 * w3])
-        grid = relax.op.reshape(planes, (1, o, h3, w3))
-        if s > 1:  # the phase planes back in place: (row, row phase) and (column, column phase)
+        if s == 1:
+            grid = relax.op.reshape(planes, (1, o, h3, w3))
+        else:  # the phase planes back in place: (row, row phase) and (column, column phase)
             phased = relax.op.reshape(planes, (1, o, s, s, h3, w3))
             grid = relax.op.reshape(relax.op.permute_dims(phased, [0, 1, 4, 2, 5, 3]), (1, o, h3 * s, w3 * s))
         window = [stored.top, stored.left], [stored.top + oh, stored.left + ow]

@@ -12,21 +12,27 @@ from targets.tvm.fastmath import fast_math_pass
 from targets.tvm.params import LiftConstants
 
 
+def normalized(func: Any) -> tuple[Any, list[Any]]:
+    """A schedule of ``func`` and dlight's view of its blocks (none when it cannot read them)."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    sch = s_tir.Schedule(func)
+    try:
+        return sch, normalize_prim_func(sch) or []
+    except Exception:
+        return sch, []
+
+
 def elementwise_rule(lanes: int) -> Any:
     """A dlight rule for elementwise functions (TVM's CPU pipeline leaves them serial and
     scalar): the innermost loop vectorised by ``lanes``, the outer ones fused and run in
     parallel when the function is large."""
-    from tvm import s_tir
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import ScheduleRule, get_extent
 
     @ScheduleRule.from_callable("Elementwise")
     def rule(func: Any, target: Any, tunable: bool) -> Any:
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = normalize_prim_func(sch)
-        except Exception:
-            return None
+        sch, blocks = normalized(func)
         if not blocks or not all(b.is_injective() for b in blocks):
             return None
         try:
@@ -74,18 +80,12 @@ def window_rule() -> Any:
     3x3 max-pool took 0.88 ms, 0.22 ms so): the padding before it inlined, the outputs' loops
     fused and run in parallel (but the innermost, when it is a vector long) with the window's
     loops unrolled, and what follows it (an average's division) computed in the same loop."""
-    from tvm import s_tir
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import ScheduleRule
 
     @ScheduleRule.from_callable("Window")
     def rule(func: Any, target: Any, tunable: bool) -> Any:
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = normalize_prim_func(sch)
-        except Exception:
-            return None
-        reductions = [i for i, b in enumerate(blocks or []) if not b.is_injective()]
+        sch, blocks = normalized(func)
+        reductions = [i for i, b in enumerate(blocks) if not b.is_injective()]
         if len(reductions) != 1:
             return None
         window = blocks[reductions[0]]

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -314,10 +313,10 @@ def test_weights_through_the_gemm_beside_attention_gemms(
     assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
 
 
-POOLS = {  # the op, and the input's shape
-    "max-3x3-stride2": (lambda t: nn.functional.max_pool2d(t, 3, 2, 1), (1, 32, 41, 40)),
-    "avg-2x2-stride2": (lambda t: nn.functional.avg_pool2d(t, 2, 2), (1, 64, 32, 33)),
-    "global-avg-7x7": (lambda t: nn.functional.adaptive_avg_pool2d(t, 1), (1, 512, 7, 7)),
+POOLS = {  # the layer, and the input's shape
+    "max-3x3-stride2": (lambda: nn.MaxPool2d(3, 2, 1), (1, 32, 41, 40)),
+    "avg-2x2-stride2": (lambda: nn.AvgPool2d(2, 2), (1, 64, 32, 33)),
+    "global-avg-7x7": (lambda: nn.AdaptiveAvgPool2d(1), (1, 512, 7, 7)),
 }
 
 
@@ -328,18 +327,19 @@ def test_pooling_runs_in_parallel_and_matches_torch(name: str) -> None:
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-    from tvm.relax.frontend.torch import from_exported_program
     from tvm.s_tir import dlight
 
+    from targets.tvm.export import export_relax
     from targets.tvm.schedule import window_rule
 
-    op, shape = POOLS[name]
+    make, shape = POOLS[name]
+    op = make()
     torch.manual_seed(0)
     x = torch.randn(shape)
-    program = torch.export.export(ExportableOp(op), (x,))
     target = tvm.target.Target(host_target())
     with target:
-        mod = tvm.transform.Sequential(cpu.legalize_passes(target))(from_exported_program(program))
+        relax_mod = export_relax(State(module=op, example_inputs=(x,)))
+        mod = tvm.transform.Sequential(cpu.legalize_passes(target))(relax_mod)
         scheduled = dlight.ApplyDefaultSchedule(window_rule())(mod)
     kernels = [f.script() for gv, f in scheduled.functions.items() if gv.name_hint != "main"]
     # the global average is too little work to share between threads
@@ -349,12 +349,3 @@ def test_pooling_runs_in_parallel_and_matches_torch(name: str) -> None:
     got = vm["main"](tvm.runtime.tensor(x.numpy()))
     got = got[0] if isinstance(got, tvm.ir.Array | list | tuple) else got
     np.testing.assert_allclose(got.numpy(), op(x).numpy(), rtol=1e-5, atol=1e-6)
-
-
-class ExportableOp(nn.Module):
-    def __init__(self, op: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.op = op
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)

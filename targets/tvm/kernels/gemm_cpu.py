@@ -80,10 +80,12 @@ def gemm_kernel(
             for blk in range(T.min(span, blocks - first)):
                 i0: T.let = (first + blk) * rows
                 for r in T.unroll(rows):
+                    i: T.let = T.min(i0 + r, m - 1)
                     for v in T.vectorized(panel):
-                        acc[r, v] = T.if_then_else(
-                            kb == 0, T.float32(0), y[gi, T.min(i0 + r, m - 1), T.min(j0 + v, n - 1)]
-                        )
+                        if edge:
+                            acc[r, v] = T.if_then_else(kb == 0, T.float32(0), y[gi, i, T.min(j0 + v, n - 1)])
+                        else:
+                            acc[r, v] = T.if_then_else(kb == 0, T.float32(0), y[gi, i, j0 + v])
                 for p0 in range(T.min(kc, k - kb * kc)):
                     p: T.let = kb * kc + p0
                     for r in T.unroll(rows):
