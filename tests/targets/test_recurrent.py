@@ -14,7 +14,7 @@ from torch import nn
 from compressor import State
 from targets.base import Compiled
 from targets.cpu import CPU
-from targets.tvm import TvmBackend, host_target
+from targets.tvm import TvmBackend, host_target, set_threads
 from targets.tvm.kernels import Format, pack
 
 pytest.importorskip("tvm", reason="apache-tvm is not installed")
@@ -35,10 +35,11 @@ def test_recurrent_kernel_matches_torch(fmt: Format, hidden: int, cell: str) -> 
 
     from targets.tvm.kernels.recurrent_cpu import recurrent_kernel, weight_arrays
 
+    set_threads()  # the parallel kernels' steps on every core, each step's barrier exercised
     torch.manual_seed(0)
     layer = (nn.LSTM if cell == "lstm" else nn.GRU)(7, hidden).eval()
     prune(layer.weight_hh_l0, 0.8)
-    steps, batch = 5, 3
+    steps, batch = 9, 3
     x, h0, c0 = torch.randn(steps, batch, 7), torch.randn(1, batch, hidden), torch.randn(1, batch, hidden)
     with torch.no_grad():
         expected, last = layer(x, (h0, c0) if cell == "lstm" else h0)

@@ -9,7 +9,9 @@ three: dot products with the previous ``h``, dense or over the row's nonzeros), 
 and the step's input projection (computed beforehand for every step at once, as torch does),
 and updates ``c`` and ``h`` in vector registers. ``h`` alternates between two buffers, so a
 step reads the previous one while it writes the next; every hidden unit's output is written by
-one work item only.
+one work item only. On every core the thread pool is started once per layer, not per step: each
+thread runs the time loop over its share of the groups and waits at a barrier after each step
+(``pragma_parallel_barrier_when_finish``) until every thread has written its part of the next ``h``.
 
 The gates follow torch's order: an LSTM's input, forget, cell, output (``c = f * c + i * g``,
 ``h = o * tanh(c)``), a GRU's reset, update, new. The exponentials are ``rows_cpu.fast_exp``;
@@ -81,6 +83,84 @@ def recurrent_kernel(packed: Packed, steps: int, batch: int, lanes: int, cell: s
     vdt, idt = str(values.dtype), str(indices.dtype)
     chains = 1 if dense else CHAINS
 
+    @T.macro
+    def step(xp, w_values, w_indices, w_indptr, bias, hs, c, h, t):
+        """Step ``t``: every group of hidden units, reading ``h[t % 2]`` and writing ``h[(t + 1) % 2]``."""
+        for chunk in loop(chunks):
+            gate = T.alloc_buffer((gates, vec), "float32", scope="local")
+            acc = T.alloc_buffer((chains, width), "float32", scope="local")
+            for g0 in range(T.min(per, groups - chunk * per)):
+                first: T.let = (chunk * per + g0) * vec
+                for b in range(batch):
+                    for g, v in T.grid(gates, vec):
+                        row: T.let = g * hidden + first + v
+                        for a in T.unroll(chains):
+                            for j in T.vectorized(width):
+                                acc[a, j] = T.float32(0)
+                        if lstm:  # a GRU adds its input after the reset gate
+                            gate[g, v] = bias[row] + xp[t, b, row]
+                        else:
+                            gate[g, v] = bias[row]
+                        if dense:
+                            for p in range(hidden // width):
+                                for j in T.vectorized(width):
+                                    acc[0, j] = (
+                                        acc[0, j]
+                                        + T.Cast("float32", w_values[row, p * width + j])
+                                        * h[t % 2, b, p * width + j]
+                                    )
+                            for p in range(hidden - main):
+                                gate[g, v] = (
+                                    gate[g, v]
+                                    + T.Cast("float32", w_values[row, main + p]) * h[t % 2, b, main + p]
+                                )
+                        else:
+                            start: T.let = w_indptr[row]
+                            count: T.let = w_indptr[row + 1] - start
+                            for q in range(count // chains):
+                                for a in T.unroll(chains):
+                                    p: T.let = start + q * chains + a
+                                    for j in T.vectorized(width):
+                                        acc[a, j] = (
+                                            acc[a, j]
+                                            + T.Cast("float32", w_values[p * width + j, 0, 0])
+                                            * h[t % 2, b, T.Cast("int32", w_indices[p * width + j])]
+                                        )
+                            for q in range(count % chains):
+                                p: T.let = start + count // chains * chains + q
+                                for j in T.vectorized(width):
+                                    acc[0, j] = (
+                                        acc[0, j]
+                                        + T.Cast("float32", w_values[p * width + j, 0, 0])
+                                        * h[t % 2, b, T.Cast("int32", w_indices[p * width + j])]
+                                    )
+                        for a in T.unroll(1, chains):
+                            for j in T.vectorized(width):
+                                acc[0, j] = acc[0, j] + acc[a, j]
+                        for j in T.unroll(width):
+                            gate[g, v] = gate[g, v] + acc[0, j]
+                    if lstm:
+                        for v in T.vectorized(vec):
+                            c[b, first + v] = sigmoid(gate[1, v]) * c[b, first + v] + sigmoid(
+                                gate[0, v]
+                            ) * tanh(gate[2, v])
+                        for v in T.vectorized(vec):
+                            hs[t, b, first + v] = sigmoid(gate[3, v]) * tanh(c[b, first + v])
+                    else:
+                        for v in T.vectorized(vec):
+                            hs[t, b, first + v] = (
+                                h[t % 2, b, first + v]
+                                - tanh(
+                                    xp[t, b, 2 * hidden + first + v]
+                                    + sigmoid(gate[0, v] + xp[t, b, first + v]) * gate[2, v]
+                                )
+                            ) * sigmoid(gate[1, v] + xp[t, b, hidden + first + v]) + tanh(
+                                xp[t, b, 2 * hidden + first + v]
+                                + sigmoid(gate[0, v] + xp[t, b, first + v]) * gate[2, v]
+                            )
+                    for v in T.vectorized(vec):
+                        h[(t + 1) % 2, b, first + v] = hs[t, b, first + v]
+
     @T.prim_func
     def recurrent_layer(
         xp: T.Buffer((steps, batch, rows), "float32"),
@@ -99,81 +179,16 @@ def recurrent_kernel(packed: Packed, steps: int, batch: int, lanes: int, cell: s
             h[0, b, i] = h0[b, i]
             if lstm:
                 c[b, i] = c0[b, i]
-        for t in range(steps):
-            for chunk in loop(chunks):
-                gate = T.alloc_buffer((gates, vec), "float32", scope="local")
-                acc = T.alloc_buffer((chains, width), "float32", scope="local")
-                for g0 in range(T.min(per, groups - chunk * per)):
-                    first: T.let = (chunk * per + g0) * vec
-                    for b in range(batch):
-                        for g, v in T.grid(gates, vec):
-                            row: T.let = g * hidden + first + v
-                            for a in T.unroll(chains):
-                                for j in T.vectorized(width):
-                                    acc[a, j] = T.float32(0)
-                            if lstm:  # a GRU adds its input after the reset gate
-                                gate[g, v] = bias[row] + xp[t, b, row]
-                            else:
-                                gate[g, v] = bias[row]
-                            if dense:
-                                for p in range(hidden // width):
-                                    for j in T.vectorized(width):
-                                        acc[0, j] = (
-                                            acc[0, j]
-                                            + T.Cast("float32", w_values[row, p * width + j])
-                                            * h[t % 2, b, p * width + j]
-                                        )
-                                for p in range(hidden - main):
-                                    gate[g, v] = (
-                                        gate[g, v]
-                                        + T.Cast("float32", w_values[row, main + p]) * h[t % 2, b, main + p]
-                                    )
-                            else:
-                                start: T.let = w_indptr[row]
-                                count: T.let = w_indptr[row + 1] - start
-                                for q in range(count // chains):
-                                    for a in T.unroll(chains):
-                                        p: T.let = start + q * chains + a
-                                        for j in T.vectorized(width):
-                                            acc[a, j] = (
-                                                acc[a, j]
-                                                + T.Cast("float32", w_values[p * width + j, 0, 0])
-                                                * h[t % 2, b, T.Cast("int32", w_indices[p * width + j])]
-                                            )
-                                for q in range(count % chains):
-                                    p: T.let = start + count // chains * chains + q
-                                    for j in T.vectorized(width):
-                                        acc[0, j] = (
-                                            acc[0, j]
-                                            + T.Cast("float32", w_values[p * width + j, 0, 0])
-                                            * h[t % 2, b, T.Cast("int32", w_indices[p * width + j])]
-                                        )
-                            for a in T.unroll(1, chains):
-                                for j in T.vectorized(width):
-                                    acc[0, j] = acc[0, j] + acc[a, j]
-                            for j in T.unroll(width):
-                                gate[g, v] = gate[g, v] + acc[0, j]
-                        if lstm:
-                            for v in T.vectorized(vec):
-                                c[b, first + v] = sigmoid(gate[1, v]) * c[b, first + v] + sigmoid(
-                                    gate[0, v]
-                                ) * tanh(gate[2, v])
-                            for v in T.vectorized(vec):
-                                hs[t, b, first + v] = sigmoid(gate[3, v]) * tanh(c[b, first + v])
-                        else:
-                            for v in T.vectorized(vec):
-                                hs[t, b, first + v] = (
-                                    h[t % 2, b, first + v]
-                                    - tanh(
-                                        xp[t, b, 2 * hidden + first + v]
-                                        + sigmoid(gate[0, v] + xp[t, b, first + v]) * gate[2, v]
-                                    )
-                                ) * sigmoid(gate[1, v] + xp[t, b, hidden + first + v]) + tanh(
-                                    xp[t, b, 2 * hidden + first + v]
-                                    + sigmoid(gate[0, v] + xp[t, b, first + v]) * gate[2, v]
-                                )
-                        for v in T.vectorized(vec):
-                            h[(t + 1) % 2, b, first + v] = hs[t, b, first + v]
+        if packed.format.parallel:
+            # one launch of the thread pool for the whole layer, a barrier after each step: waking
+            # the pool per step cost more than a small step's work
+            with T.attr(0, "pragma_parallel_launch_point", 1):
+                for t in range(steps):
+                    with T.attr(0, "pragma_parallel_barrier_when_finish", 1):
+                        step(xp, w_values, w_indices, w_indptr, bias, hs, c, h, t)
+        else:
+            for t in range(steps):
+                step(xp, w_values, w_indices, w_indptr, bias, hs, c, h, t)
 
     return recurrent_layer
 
