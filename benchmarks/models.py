@@ -9,7 +9,8 @@ all --sparsity S --json`` with an empty kernel cache, so TVM's compile time is t
 backend and times all four artifacts each alone in its own worker process, in alternating turns
 (three per artifact, medians); the table gives those medians, each as a ratio to the fastest
 dense one (ONNX Runtime's, unless TVM's dense build beats it), and the seconds each TVM build
-took. ``--block`` prunes in RxC blocks instead of single weights.
+took. ``--block`` prunes in RxC blocks instead of single weights; ``--tune N`` passes
+``--tune N`` to ``compress`` (MetaSchedule, from an empty database).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def model_file(name: str, folder: Path) -> Path:
     return path
 
 
-def compress(model: Path, sparsity: float, block: str | None, folder: Path) -> tuple[dict, float]:
+def compress(
+    model: Path, sparsity: float, block: str | None, folder: Path, tune: int = 0
+) -> tuple[dict, float]:
     """The report of one ``compress`` run, and its wall-clock seconds."""
     out = folder / f"{model.stem}-{sparsity}"
     command = [str(Path(sys.executable).with_name("compress")), str(model), "--backend", "all", "--json"]
@@ -49,6 +52,8 @@ def compress(model: Path, sparsity: float, block: str | None, folder: Path) -> t
         command += ["--recipe", f"[magnitude-prune: {{sparsity: {sparsity}, granularity: '{block}'}}]"]
     else:
         command += ["--sparsity", str(sparsity)]
+    if tune:
+        command += ["--tune", str(tune)]
     env = {**os.environ, "COMPRESSOR_CACHE": str(folder / "cache")}  # cold: no kernel decisions
     start = time.perf_counter()
     done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, env=env)
@@ -88,6 +93,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=DEFAULT, choices=[*MODELS, *FILES])
     parser.add_argument("--sparsity", nargs="+", type=float, default=[0.9])
     parser.add_argument("--block", help="prune in RxC blocks, e.g. 4x1")
+    parser.add_argument("--tune", type=int, default=0, help="compress --tune TRIALS (MetaSchedule)")
     parser.add_argument("--name", default="models")
     args = parser.parse_args()
     rows, reports = [], {}
@@ -95,13 +101,15 @@ def main() -> None:
         for name in args.models:
             model = model_file(name, Path(tmp))
             for sparsity in args.sparsity:
-                report, seconds = compress(model, sparsity, args.block, Path(tmp))
+                report, seconds = compress(model, sparsity, args.block, Path(tmp), args.tune)
                 reports[f"{name}@{sparsity}"] = {"seconds": seconds, "report": report}
                 rows += rows_of(name, sparsity, report, seconds)
                 for row in rows[-5:]:
                     print(" | ".join(row), flush=True)
     command = " --models " + " ".join(args.models) if args.models != DEFAULT else ""
+    command += f" --tune {args.tune}" if args.tune else ""
     granularity = f"blocks {args.block}" if args.block else "single weights"
+    tuned = ", and MetaSchedule's tuning from an empty database" if args.tune else ""
     write(
         args.name,
         "Whole models, batch 1, 2 threads: latency (ms) and ratios to ONNX Runtime on the dense model",
@@ -113,7 +121,7 @@ one-shot global magnitude pruning. Each row is `compress`'s own median, every ar
 in a worker process in alternating turns, all verified against torch before timing. *vs ONNX
 Runtime dense* = ONNX Runtime's dense median / this median (above 1: faster); *vs best dense*
 uses the faster of the two dense builds. *Build s*: seconds lowering with TVM from an empty kernel
-cache (kernel choice by timing included).
+cache (kernel choice by timing included{tuned}).
 """,
         reports,
     )

@@ -136,6 +136,14 @@ class RichUI:
     help="Output folder (default: MODEL's name + '-compressed', beside it).",
 )
 @click.option("--no-measure", is_flag=True, help="Build and verify only; skip latency.")
+@click.option(
+    "--tune",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="TRIALS",
+    help="Tune what our kernels leave to TVM with MetaSchedule, TRIALS measured candidates in all "
+    "(cpu target; cached, so a second build tunes nothing new).",
+)
 @click.option("--plot", is_flag=True, help="Render the passes' schedules and analyses as PNGs in OUT/plots.")
 @click.option(
     "--trust-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs code from the file)."
@@ -160,6 +168,7 @@ def compress(
     input_shape: str | None,
     out: Path | None,
     no_measure: bool,
+    tune: int,
     plot: bool,
     trust_pickle: bool,
     seed: int,
@@ -188,6 +197,7 @@ def compress(
         input_shape=input_shape,
         out=out,
         measure=not no_measure,
+        tune=tune,
         plot=plot,
         trust_pickle=trust_pickle,
         seed=seed,

@@ -79,6 +79,7 @@ class Job:
     input_shape: str | None = None
     out: Path | None = None
     measure: bool = True
+    tune: int = 0  # MetaSchedule trials for what our kernels leave to TVM (cpu target)
     plot: bool = False
     trust_pickle: bool = False
     seed: int = 0
@@ -114,6 +115,21 @@ class Job:
         import targets
 
         return [(t, b) for t in dict.fromkeys(self.targets) for b in targets.backends_for(t, self.backend)]
+
+    def check_tune(self) -> None:
+        """``--tune`` times candidates on this host: for the cpu target and a backend that has TVM."""
+        if not self.tune:
+            return
+        if self.tune < 0:
+            raise ConfigError(f"--tune takes a number of trials >= 0, not {self.tune}")
+        if set(self.targets) != {"cpu"}:
+            raise ConfigError("--tune tunes on this host: use it with --target cpu only (for now)")
+        if self.backend == "onnxruntime":
+            raise ConfigError("--tune tunes TVM's functions: use it with --backend tvm, auto or all")
+
+    def backend_options(self) -> dict[str, dict[str, Any]]:
+        """Options of each backend's constructor, by name."""
+        return {"tvm": {"tune": self.tune}} if self.tune else {}
 
     def check_device(self) -> None:
         """One way to reach a device, given exactly when a target needs one."""
@@ -175,6 +191,7 @@ def _run(job: Job, ui: UI, memory: Any) -> dict[str, Any]:
     # Check every option before any slow step.
     pipeline = job.pipeline()
     pairs = job.pairs()
+    job.check_tune()
     job.check_device()
     shapes = parse_input_shapes(job.input_shape) if job.input_shape else None
     check_output_dir(job.out_dir)
@@ -301,7 +318,8 @@ def build(
 
     with ui.step(f"{target}/{backend}: lowering and verifying"):
         start = time.perf_counter()
-        compiled = targets.lower(final, target, backend, out / f"{target}-{backend}", device)
+        options = job.backend_options()
+        compiled = targets.lower(final, target, backend, out / f"{target}-{backend}", device, options)
         build_s = time.perf_counter() - start
         if compiled.target.rpc:  # runs elsewhere: the bundle goes with it
             write_bundle(compiled, seed=job.seed)
@@ -313,7 +331,7 @@ def build(
             try:
                 start = time.perf_counter()
                 built.dense = targets.lower(
-                    original, target, backend, Path(scratch) / f"{target}-{backend}", device
+                    original, target, backend, Path(scratch) / f"{target}-{backend}", device, options
                 )
                 built.dense_build_s = time.perf_counter() - start
                 built.dense.verify(seed=job.seed)

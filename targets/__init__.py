@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import gc
 from pathlib import Path
+from typing import Any
 
 from compressor.errors import ConfigError
 from compressor.registry import BACKENDS, TARGETS
@@ -50,12 +51,18 @@ def backends_for(target: str, backend: str = "auto") -> list[str]:
 
 
 def lower(
-    state: State, target: str, backend: str | None, out_dir: str | Path, device: Device = LOCAL
+    state: State,
+    target: str,
+    backend: str | None,
+    out_dir: str | Path,
+    device: Device = LOCAL,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> Compiled:
     """Build ``state.module`` for ``target`` into ``out_dir`` and load it on ``device`` (this host,
     or a session from ``targets.remote`` / ``targets.emulator``); not yet verified.
 
-    ``backend=None`` takes the target's preferred backend.
+    ``backend=None`` takes the target's preferred backend; ``options``: keyword arguments of
+    each backend's constructor, by name (``{"tvm": {"tune": 64}}``).
     """
     name = backends_for(target, backend)[0] if backend else backends_for(target)[0]
     tgt = TARGETS.get(target)
@@ -64,7 +71,8 @@ def lower(
             f"target {target!r} runs on a device: give --rpc HOST:PORT, --tracker HOST:PORT --key KEY "
             "or --emulate (in Python, a device from targets.remote.connect or targets.emulator)"
         )
-    artifact, runner = BACKENDS.get(name)().build(state, tgt, Path(out_dir), device)
+    backend_obj = BACKENDS.get(name)(**(options or {}).get(name, {}))
+    artifact, runner = backend_obj.build(state, tgt, Path(out_dir), device)
     trim_memory()
     return Compiled(target=tgt, backend=name, artifact=artifact, runner=runner, state=state, device=device)
 

@@ -260,6 +260,13 @@ BAD = {
     "tracker without key": (["--target", "arm64", "--tracker", "a:9190"], "--tracker and --key go", None),
     "emulate for cuda": (["--target", "cuda", "--emulate"], "--emulate is for the arm64 target", None),
     "bad rpc address": (["--target", "arm64", "--rpc", "phone"], "--rpc wants HOST:PORT, got 'phone'", None),
+    "negative tune": (["--tune", "-1"], "Invalid value for '--tune': -1 is not in the range x>=0", None),
+    "tune for arm64": (
+        ["--target", "arm64", "--rpc", "a:1", "--tune", "8"],
+        "--tune tunes on this host",
+        None,
+    ),
+    "tune without tvm": (["--backend", "onnxruntime", "--tune", "8"], "--tune tunes TVM's functions", None),
 }
 
 

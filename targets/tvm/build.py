@@ -21,13 +21,15 @@ from targets.tvm.rewrite import Layer, count_calls, rewrite_gemms, rewrite_matmu
 from targets.tvm.rewrite_conv import rewrite_convs
 from targets.tvm.rewrite_recurrent import rewrite_recurrent
 from targets.tvm.schedule import relax_pipeline
+from targets.tvm.tune import tune_cache, tune_pass
 
 
 @BACKENDS.register("tvm")
 class TvmBackend:
     """Options: ``kernels=False`` keeps TVM's own (untuned) matmuls; ``fp16`` also tries sparse
     formats with fp16 values (outputs then differ from torch by ~1e-3 relative); ``measure=False``
-    picks kernels by rule instead of timing them."""
+    picks kernels by rule instead of timing them; ``tune``: MetaSchedule trials for the functions
+    the kernels leave to TVM (``tune.py``; on this host, so the cpu target only)."""
 
     name = "tvm"
 
@@ -39,6 +41,7 @@ class TvmBackend:
         fp16: bool = False,
         measure: bool = True,
         cache: Path | None = None,
+        tune: int = 0,
     ) -> None:
         self.fix_indices = fix_indices
         self.kernels = kernels
@@ -46,6 +49,7 @@ class TvmBackend:
         self.fp16 = fp16
         self.measure = measure
         self.cache = cache
+        self.tune = tune
         self.layers: list[Layer] = []
         self.gemms = 0  # matmuls of two activations (attention's) through our GEMM
 
@@ -92,7 +96,10 @@ class TvmBackend:
             target_obj = tvm.target.Target(tvm_target)
             lift = LiftConstants()
             schedule = self.kernels and spec.kernels.schedule
-            pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target), schedule, lift)
+            if self.tune and device.session is not None:
+                raise LoweringError("tuning measures candidates on this host: --tune is for --target cpu")
+            tuning = tune_pass(target_obj, self.tune, tune_cache(tvm_target)) if self.tune else None
+            pipeline = relax_pipeline(target_obj, vector_lanes(tvm_target), schedule, lift, tuning)
             executable = tvm.compile(module, target=target_obj, relax_pipeline=pipeline)
             del module  # the weights live on in ``lift`` until they are on disk
             lift.save(out_dir)

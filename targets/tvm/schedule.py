@@ -114,9 +114,10 @@ def window_rule() -> Any:
     return rule
 
 
-def relax_pipeline(target: Any, lanes: int, schedule: bool, lift: LiftConstants) -> Any:
+def relax_pipeline(target: Any, lanes: int, schedule: bool, lift: LiftConstants, tuning: Any = None) -> Any:
     """TVM's default pipeline for ``target``, on CPU plus schedules (``schedule``) for what it
-    leaves unscheduled; the weights are lifted out of the code (``lift``) once folded."""
+    leaves unscheduled; the weights are lifted out of the code (``lift``) once folded;
+    ``tuning``: a pass that tunes and applies MetaSchedule's schedules first (``tune.py``)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.relax.backend.cuda import pipeline as cuda
@@ -132,6 +133,7 @@ def relax_pipeline(target: Any, lanes: int, schedule: bool, lift: LiftConstants)
                 *([fast_math_pass(lanes)] if schedule else []),
                 *backend.library_dispatch_passes(target),
                 *backend.legalize_passes(target),
+                *([tuning] if tuning is not None else []),
                 *([dlight.ApplyDefaultSchedule(*rules)] if schedule else []),
                 lift.pass_(),
                 *backend.dataflow_lower_passes(target),
