@@ -101,6 +101,9 @@ DLPACK = {"cpu": 1, "cuda": 2}
 POOLED = 2  # the VM's pooled allocator
 
 
+_RUNTIME_LOADED: set[str] = set()  # the runtime libraries this process has loaded
+
+
 def tvm_runtime_runner(path: str, device_type: str, libs: Path) -> Run:
     """The Relax VM with only ``tvm_ffi`` (pip install apache-tvm-ffi) and the TVM runtime
     libraries shipped in ``libs``: no TVM compiler on the device."""
@@ -109,8 +112,11 @@ def tvm_runtime_runner(path: str, device_type: str, libs: Path) -> Run:
     import tvm_ffi
 
     for name in ("libtvm_runtime.so", f"libtvm_runtime_{device_type}.so"):
-        if (libs / name).is_file():
+        # Once per process: a second copy (another bundle's lib/, as with --dense) would register
+        # every function again, which TVM answers by aborting.
+        if (libs / name).is_file() and name not in _RUNTIME_LOADED:
             ctypes.CDLL(str(libs / name), ctypes.RTLD_GLOBAL)
+            _RUNTIME_LOADED.add(name)
     alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
     copy = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")
     device, host = tvm_ffi.device(device_type, 0), tvm_ffi.device("cpu", 0)
@@ -155,22 +161,25 @@ def cuda_binary_name(source: str) -> str:
     return f"cuda-{hashlib.sha256(source.encode()).hexdigest()}.fatbin"
 
 
-def install_cuda_binaries(folder: Path) -> None:
+def install_cuda_binaries(folder: Path, compiler: bool = True) -> None:
     """Load TVM's CUDA modules from the binaries in ``folder`` (``cuda-<sha256>.fatbin``).
 
     TVM 0.27 keeps a CUDA module built where there is no CUDA driver as its CUDA C, compiled
     when the module is loaded through the global function ``tvm_callback_cuda_compile``, which
     only TVM's compiler package defines (NVRTC or nvcc). The compressor compiles every CUDA
     module with nvcc when it builds it; this hook answers with those binaries, so the GPU
-    machine needs no compiler, and hands any other source to the function it replaced.
+    machine needs no compiler, and hands any other source to the function it replaced. With
+    ``compiler`` false TVM's package is not imported: beside the runtime libraries of a bundle
+    it would register every function a second time.
     """
     import tvm_ffi
 
     CUDA_BINARIES.update({p.name: p for p in Path(folder).glob("cuda-*.fatbin")})
     if _CUDA_HOOK:
         return
-    with contextlib.suppress(ImportError):  # TVM's compiler package registers its own on import
-        import tvm  # noqa: F401
+    if compiler:
+        with contextlib.suppress(ImportError):  # TVM's compiler package registers its own on import
+            import tvm  # noqa: F401
     previous = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
     _CUDA_HOOK.append(previous)
 
@@ -212,7 +221,7 @@ def artifact_runner(backend: str, artifact: str, device_type: str, threads: int,
     """A runner for ``artifact``: ONNX Runtime, or the Relax VM (with only ``tvm_ffi`` and the
     runtime libraries in ``libs`` when given, else through the ``tvm`` package)."""
     if backend == "tvm" and device_type == "cuda":
-        install_cuda_binaries(Path(artifact).parent)
+        install_cuda_binaries(Path(artifact).parent, compiler=not libs)
     if backend == "tvm" and libs:
         return tvm_runtime_runner(artifact, device_type, Path(libs))
     if backend == "tvm":

@@ -110,13 +110,16 @@ def test_bundle_runner_verifies_and_times_and_catches_tampering(lenet_state, tmp
 
 
 def test_tvm_bundle_runs_with_only_the_tvm_runtime(lenet_state, tmp_path: Path) -> None:
-    """A cpu/tvm bundle carries libtvm_runtime.so; run.py then needs tvm_ffi, not the compiler."""
+    """A cpu/tvm bundle carries libtvm_runtime.so; run.py then needs tvm_ffi, not the compiler.
+    With ``--dense`` a second bundle carries a second copy, which must not be loaded again."""
     compiled = targets.lower(lenet_state, "cpu", "tvm", tmp_path / "b")
     manifest = write_bundle(compiled)
     assert "lib/libtvm_runtime.so" in manifest["files"] and "apache-tvm-ffi" in manifest["runtime"]
+    dense = shutil.copytree(compiled.artifact.parent, tmp_path / "dense")
     script = (
-        "import sys, json, run; r = run.run_bundle(run.Path('.'), min_seconds=0.05); "
-        "print(json.dumps({'verified': r['verified'], 'tvm': 'tvm' in sys.modules}))"
+        f"import sys, json, run; r = run.run_bundle(run.Path('.'), run.Path({str(dense)!r}), "
+        "min_seconds=0.05); "
+        "print(json.dumps({'verified': r['verified'], 'tvm': 'tvm' in sys.modules, 'dense': 'speedup' in r}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script],
@@ -126,7 +129,7 @@ def test_tvm_bundle_runs_with_only_the_tvm_runtime(lenet_state, tmp_path: Path) 
         env={**os.environ, "PYTHONPATH": str(compiled.artifact.parent)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"verified": True, "tvm": False}
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"verified": True, "tvm": False, "dense": True}
 
 
 def job(tmp_path: Path, **options: object) -> Job:

@@ -225,3 +225,27 @@ def test_the_hook_leaves_room_for_tvm_imported_after_it(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+
+
+def test_gpu_kit_kernels_verify_through_the_runtime_alone(tmp_path: Path) -> None:
+    """benchmarks/gpu_kit.py's path on a GPU machine without TVM (weights made again from the
+    plan's seeds, packed with numpy, the libraries loaded by tvm_ffi and the shipped runtime,
+    each output checked against float64), dry-run on this CPU with the odd-shaped cases; a weight
+    made from another seed is caught."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_kit.py"
+    kit, out = tmp_path / "kit", tmp_path / "out"
+    build = [sys.executable, str(script), "build", "--kit", str(kit), "--dry-run"]
+    subprocess.run(build, check=True, capture_output=True, timeout=600)
+    run = [sys.executable, str(script), "run", "--kit", str(kit), "--out", str(out), "--limit", "300"]
+    subprocess.run(run, check=True, capture_output=True, timeout=600)
+    head, *cases = json.loads((out / "kernels.json").read_text())
+    assert "dry run" in head["device"] and len(cases) == 8
+    assert all(len(case["errors"]) >= 11 and max(case["errors"].values()) < 1e-5 for case in cases)
+    assert "8 cases checked against float64" in (out / "kernels.md").read_text()
+    plan = json.loads((kit / "plan.json").read_text())
+    plan["cases"][2]["seed"] += 100  # another weight than the one its kernels were built for
+    (kit / "plan.json").write_text(json.dumps(plan))
+    subprocess.run(run, check=True, capture_output=True, timeout=600)
+    failed = [c for c in json.loads((out / "kernels.json").read_text())[1:] if "error" in c]
+    assert [c["name"] for c in failed] == [plan["cases"][2]["name"]]
+    assert re.search(r"packs to other sizes|is wrong", failed[0]["error"])

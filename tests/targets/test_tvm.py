@@ -44,6 +44,31 @@ def test_the_weights_go_to_params_npz_not_into_the_library(tmp_path: Path, kerne
     assert compiled.verify().max_abs_error < 1e-4
 
 
+class Steps(nn.Module):
+    """One weight applied at every step of a loop, as an unrolled recurrent layer applies W_hh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(256, 256) / 16)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for _ in range(6):
+            h = torch.tanh(h @ self.w.T)
+        return h
+
+
+def test_a_weight_folded_at_every_step_is_one_parameter(tmp_path: Path) -> None:
+    """Folding transposes W once per use: six equal constants, which must be stored once."""
+    torch.manual_seed(0)
+    state = State(module=Steps().eval(), example_inputs=(torch.rand(1, 256),))
+    artifact, runner = TvmBackend(kernels=False, measure=False).build(state, CPU, tmp_path)
+    with np.load(tmp_path / "params.npz") as params:
+        stored = [params[key] for key in params.files]
+    assert sum(a.nbytes for a in stored) == 256 * 256 * 4
+    np.testing.assert_array_equal(stored[0], state.module.w.detach().numpy().T)
+    assert Compiled(CPU, "tvm", artifact, runner, state).verify().max_abs_error < 1e-4
+
+
 def test_negative_index_miscompile_is_worked_around_and_caught(zoo: Path, tmp_path: Path) -> None:
     """The LSTM classifier reads ``out[:, -1]``, which the Relax frontend miscomputes as is."""
     state = load_model(zoo / "lstm.pt")
