@@ -13,7 +13,7 @@ from targets.base import LocalRunner, Runner, Target, Unavailable
 from targets.remote import LOCAL, Device, RemoteTvmRunner
 from targets.tvm.choose import KernelChooser
 from targets.tvm.conv_graph import fold_batch_norms
-from targets.tvm.devices import DEVICES, TvmDevice, set_threads, vector_lanes
+from targets.tvm.devices import DEVICES, TvmDevice, set_threads, vector_lanes, wide_lanes
 from targets.tvm.export import export_relax, parameter_names
 from targets.tvm.library import pack_imports
 from targets.tvm.params import LiftConstants
@@ -82,7 +82,7 @@ class TvmBackend:
                 names = parameter_names(state)
                 cells: list[Layer] = []
                 if spec.kernels.recurrent:  # before the matmuls: it takes the steps' own
-                    module, cells = rewrite_recurrent(module, chooser, vector_lanes(tvm_target), names)
+                    module, cells = rewrite_recurrent(module, chooser, wide_lanes(tvm_target), names)
                 module, self.layers = rewrite_matmuls(
                     module, chooser.choose, chooser.build, names, chooser.label
                 )

@@ -25,7 +25,7 @@ SHARED_DENSITY = 0.02
 """Weights of one shape (and batch, and candidates) whose densities round to the same multiple
 of this share one decision: the kernels' speed follows the number of nonzeros, not which ones,
 and a transformer's dozens of same-shape weights, pruned to one sparsity, then cost one timing."""
-CACHE_VERSION = 7  # bump when the kernels change: cached timings are of the old ones
+CACHE_VERSION = 8  # bump when the kernels change: cached timings are of the old ones
 
 
 @dataclass

@@ -91,3 +91,14 @@ def host_target(device: object = None) -> dict[str, Any]:
 def vector_lanes(target: dict[str, Any]) -> int:
     """fp32 lanes the kernels vectorise by: 4 on NEON, 8 on x86-64 (LLVM splits for SSE)."""
     return 4 if str(target.get("mtriple", "")).startswith("aarch64") else 8
+
+
+def wide_lanes(target: dict[str, Any]) -> int:
+    """fp32 lanes of the target's widest vectors: 16 where it has AVX-512, else ``vector_lanes``.
+    The recurrent kernel uses them (its gate arithmetic and its blocks of ``W_hh``)."""
+    import tvm
+
+    lanes = vector_lanes(target)
+    if lanes == 8 and tvm.target.codegen.target_has_features("avx512f", tvm.target.Target(target)):
+        return 16
+    return lanes

@@ -38,15 +38,29 @@ def layer_format(choice: Format) -> Format:
     return Format("dense", unroll=choice.unroll if choice.kind == "dense" else 2, parallel=choice.parallel)
 
 
-def candidates(matmul: Format) -> list[Format]:
+def candidates(matmul: Format, lanes: int, hidden: int) -> list[Format]:
     """The recurrent kernels timed for a layer: ``W_hh`` stored as chosen for the recurrent matmul
     (``layer_format``), on every core and on one (a small layer's step may cost less than
-    waking the thread pool), and CSR also in pairs of nonzeros (less padding per row)."""
+    waking the thread pool), and CSR also in pairs of nonzeros (less padding per row). A sparse
+    ``W_hh`` also in blocks of ``lanes`` rows by one column: a block is the column's values for
+    the group of hidden units a vector holds, multiplied by one broadcast ``h[k]``, where CSR
+    gathers ``h`` one nonzero at a time (more multiplies, at 92% about seven per nonzero, but no
+    gather: on AVX-512 the faster)."""
     fmt = layer_format(matmul)
     formats = [fmt, replace(fmt, parallel=not fmt.parallel)]
     if fmt.sparse and fmt.unroll != 2:
         formats += [replace(f, unroll=2) for f in formats]
+    if fmt.sparse and lanes > 1 and hidden % lanes == 0:
+        formats += [
+            Format("bsr", (lanes, 1), 4, fmt.dtype, parallel=p) for p in (fmt.parallel, not fmt.parallel)
+        ]
     return formats
+
+
+def layer_lanes(hidden: int, lanes: int) -> int:
+    """The vector width for a layer of ``hidden`` units: ``lanes``, or 8 where AVX-512's 16 do not
+    divide it (the kernel runs a width that does not divide ``hidden`` one unit at a time)."""
+    return lanes if hidden % lanes == 0 or lanes <= 8 else 8
 
 
 def timing_call(
@@ -93,13 +107,14 @@ def rewrite_recurrent(
         count, batch, hidden = chain.shape
         step = chain.steps[0]
         cell, rows = step.cell, step.weight.shape[0]
-        kinds = candidates(chooser.choose(step.weight, batch).format)
-        make = partial(timing_call, step.weight, count, batch, lanes, cell)
-        choice = chooser.choose_kernel(step.weight, batch, f"{cell}-{count}", kinds, make)
+        width = layer_lanes(hidden, lanes)
+        kinds = candidates(chooser.choose(step.weight, batch).format, width, hidden)
+        make = partial(timing_call, step.weight, count, batch, width, cell)
+        choice = chooser.choose_kernel(step.weight, batch, f"{cell}-{count}-l{width}", kinds, make)
         fmt = choice.format
         packed: Packed = pack(step.weight, fmt)
         symbol = f"{cell}_{fmt.name.replace('-', '_')}_{index}"
-        gvar = add_kernel(builder, recurrent_kernel(packed, count, batch, lanes, cell), symbol)
+        gvar = add_kernel(builder, recurrent_kernel(packed, count, batch, width, cell), symbol)
         bias = step.bias if step.bias is not None else np.zeros(rows, np.float32)
         xp = step.xp
         if cell == "lstm" and (folded := input_bias(graph, xp, rows)) is not None:

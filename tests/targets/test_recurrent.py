@@ -31,6 +31,29 @@ def prune(weight: torch.Tensor, sparsity: float) -> None:
 @pytest.mark.parametrize("hidden", [16, 20])  # vectors of 8 hidden units; 20: one at a time
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_recurrent_kernel_matches_torch(fmt: Format, hidden: int, cell: str) -> None:
+    check_kernel(fmt, hidden, cell, lanes=8)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_kernel_in_blocks_of_a_vector_matches_torch(lanes: int, parallel: bool, cell: str) -> None:
+    """W_hh in blocks of ``lanes`` rows by one column, the group's gate sums one vector; its first
+    block row has no block at all (the first group's first gate: the bias alone)."""
+    check_kernel(Format("bsr", (lanes, 1), 4, parallel=parallel), 32, cell, lanes, 0.9, empty=lanes)
+
+
+def test_recurrent_kernel_refuses_blocks_that_are_not_its_vectors() -> None:
+    from targets.tvm.kernels.recurrent_cpu import recurrent_kernel
+
+    weight = np.random.default_rng(0).standard_normal((80, 20)).astype(np.float32)
+    with pytest.raises(ValueError, match="dense, CSR or in 1x1 blocks, not bsr8x1-u4"):
+        recurrent_kernel(pack(weight, Format("bsr", (8, 1), 4)), 3, 1, 8, "lstm")  # 20 units: no vectors
+
+
+def check_kernel(
+    fmt: Format, hidden: int, cell: str, lanes: int, sparsity: float = 0.8, empty: int = 0
+) -> None:
     import tvm
 
     from targets.tvm.kernels.recurrent_cpu import recurrent_kernel, weight_arrays
@@ -38,14 +61,16 @@ def test_recurrent_kernel_matches_torch(fmt: Format, hidden: int, cell: str) -> 
     set_threads()  # the parallel kernels' steps on every core, each step's barrier exercised
     torch.manual_seed(0)
     layer = (nn.LSTM if cell == "lstm" else nn.GRU)(7, hidden).eval()
-    prune(layer.weight_hh_l0, 0.8)
+    prune(layer.weight_hh_l0, sparsity)
+    with torch.no_grad():
+        layer.weight_hh_l0[:empty] = 0
     steps, batch = 9, 3
     x, h0, c0 = torch.randn(steps, batch, 7), torch.randn(1, batch, hidden), torch.randn(1, batch, hidden)
     with torch.no_grad():
         expected, last = layer(x, (h0, c0) if cell == "lstm" else h0)
         xp = x @ layer.weight_ih_l0.T + layer.bias_ih_l0
     packed = pack(layer.weight_hh_l0.detach().numpy(), fmt)
-    func = recurrent_kernel(packed, steps, batch, 8, cell)
+    func = recurrent_kernel(packed, steps, batch, lanes, cell)
     lib = tvm.compile(func, target=tvm.target.Target(host_target()))
     state = [t.detach().numpy() for t in (xp, layer.bias_hh_l0, h0[0], c0[0])]
     if cell == "gru":

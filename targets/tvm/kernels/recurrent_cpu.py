@@ -5,7 +5,9 @@ groups of hidden units.
 Unrolled, each step of a small LSTM costs a kernel call for the matmul, one or two for the
 gates and the VM's dispatch around them, more than the work itself. Here a step is one pass over
 the hidden units: a group of ``lanes`` units takes its gate rows of ``W_hh`` (four, a GRU's
-three: dot products with the previous ``h``, dense or over the row's nonzeros), adds the biases
+three: dot products with the previous ``h``, dense or over the row's nonzeros; or, with
+``W_hh`` in blocks of ``lanes`` rows by one column, a vector of the group's sums per gate, each
+block times one broadcast ``h[k]``, no gather), adds the biases
 and the step's input projection (computed beforehand for every step at once, as torch does),
 and updates ``c`` and ``h`` in vector registers. ``h`` alternates between two buffers, so a
 step reads the previous one while it writes the next; every hidden unit's output is written by
@@ -28,6 +30,7 @@ from targets.tvm.kernels.formats import Packed
 from targets.tvm.kernels.rows_cpu import fast_exp
 
 CHUNKS = 64  # parallel work items per step at most (groups of hidden units per item: the rest)
+DENSE_WIDTH = 16  # products of a dense gate row summed in parallel at most
 CHAINS = 4  # independent accumulators of a CSR row: one would wait on each FMA's latency
 
 
@@ -50,7 +53,8 @@ GATES = {"lstm": 4, "gru": 3}
 
 def recurrent_kernel(packed: Packed, steps: int, batch: int, lanes: int, cell: str = "lstm") -> Any:
     """The TIR function of an LSTM or GRU layer (``cell``) over ``steps`` steps, ``packed`` its
-    ``W_hh`` (4H x H, or 3H x H), dense or CSR (1x1 blocks).
+    ``W_hh`` (4H x H, or 3H x H), dense, CSR (1x1 blocks) or in ``lanes`` x 1 blocks (H a
+    multiple of ``lanes``).
 
     Arguments: ``xp`` (steps, batch, 4H or 3H), the input projections ``x_t @ W_ih.T + b_ih`` in
     step order; ``weight_arrays(packed)``; ``bias``, ``b_hh``; ``h0`` (batch, H); ``c0`` (batch,
@@ -68,20 +72,25 @@ def recurrent_kernel(packed: Packed, steps: int, batch: int, lanes: int, cell: s
     if rows != gates * hidden:
         raise ValueError(f"{cell}'s W_hh is {gates}H x H; got {rows} x {hidden}")
     dense = packed.format.kind == "dense"
-    if not dense and packed.format.block != (1, 1):
-        raise ValueError(f"the recurrent kernel takes W_hh dense or CSR, not {packed.format.name}")
+    vec = lanes if hidden % lanes == 0 else 1
+    blocked = not dense and packed.format.block == (vec, 1) and vec > 1
+    if not dense and packed.format.block != (1, 1) and not blocked:
+        raise ValueError(
+            f"the recurrent kernel takes W_hh dense, CSR or in {vec}x1 blocks, not {packed.format.name}"
+        )
     state = (batch, hidden) if lstm else (1,)
     values, indices, indptr = weight_arrays(packed)
     u = packed.format.unroll
-    width = lanes * u if dense else u  # products summed in parallel per gate row
+    # products summed in parallel per gate row; a dense row's are then summed one by one, which
+    # past 16 costs more than the parallel sums save
+    width = min(lanes * u, DENSE_WIDTH) if dense else vec if blocked else u
     main = hidden // width * width
-    vec = lanes if hidden % lanes == 0 else 1
     groups = hidden // vec
     per = -(-groups // min(groups, CHUNKS)) if packed.format.parallel else groups
     chunks = -(-groups // per)
     loop = T.parallel if packed.format.parallel else T.serial
     vdt, idt = str(values.dtype), str(indices.dtype)
-    chains = 1 if dense else CHAINS
+    chains = 1 if dense else u if blocked else CHAINS
 
     @T.macro
     def step(xp, w_values, w_indices, w_indptr, bias, hs, c, h, t):
@@ -92,53 +101,81 @@ def recurrent_kernel(packed: Packed, steps: int, batch: int, lanes: int, cell: s
             for g0 in range(T.min(per, groups - chunk * per)):
                 first: T.let = (chunk * per + g0) * vec
                 for b in range(batch):
-                    for g, v in T.grid(gates, vec):
-                        row: T.let = g * hidden + first + v
-                        for a in T.unroll(chains):
-                            for j in T.vectorized(width):
-                                acc[a, j] = T.float32(0)
-                        if lstm:  # a GRU adds its input after the reset gate
-                            gate[g, v] = bias[row] + xp[t, b, row]
-                        else:
-                            gate[g, v] = bias[row]
-                        if dense:
-                            for p in range(hidden // width):
-                                for j in T.vectorized(width):
-                                    acc[0, j] = (
-                                        acc[0, j]
-                                        + T.Cast("float32", w_values[row, p * width + j])
-                                        * h[t % 2, b, p * width + j]
-                                    )
-                            for p in range(hidden - main):
-                                gate[g, v] = (
-                                    gate[g, v]
-                                    + T.Cast("float32", w_values[row, main + p]) * h[t % 2, b, main + p]
-                                )
-                        else:
-                            start: T.let = w_indptr[row]
-                            count: T.let = w_indptr[row + 1] - start
-                            for q in range(count // chains):
+                    if blocked:  # gate g of the group's units: one block row, a vector of sums
+                        for g in range(gates):
+                            block_row: T.let = (g * hidden + first) // vec
+                            for a in T.unroll(chains):
+                                for j in T.vectorized(vec):
+                                    acc[a, j] = T.float32(0)
+                            for q in range(w_indptr[block_row + 1] - w_indptr[block_row]):
                                 for a in T.unroll(chains):
-                                    p: T.let = start + q * chains + a
-                                    for j in T.vectorized(width):
+                                    slot: T.let = (w_indptr[block_row] + q) * u + a
+                                    for j in T.vectorized(vec):
                                         acc[a, j] = (
                                             acc[a, j]
+                                            + T.Cast("float32", w_values[slot, j, 0])
+                                            * h[t % 2, b, T.Cast("int32", w_indices[slot])]
+                                        )
+                            for a in T.unroll(1, chains):
+                                for j in T.vectorized(vec):
+                                    acc[0, j] = acc[0, j] + acc[a, j]
+                            for j in T.vectorized(vec):
+                                if lstm:
+                                    gate[g, j] = (
+                                        bias[g * hidden + first + j]
+                                        + xp[t, b, g * hidden + first + j]
+                                        + acc[0, j]
+                                    )
+                                else:
+                                    gate[g, j] = bias[g * hidden + first + j] + acc[0, j]
+                    else:
+                        for g, v in T.grid(gates, vec):
+                            row: T.let = g * hidden + first + v
+                            for a in T.unroll(chains):
+                                for j in T.vectorized(width):
+                                    acc[a, j] = T.float32(0)
+                            if lstm:  # a GRU adds its input after the reset gate
+                                gate[g, v] = bias[row] + xp[t, b, row]
+                            else:
+                                gate[g, v] = bias[row]
+                            if dense:
+                                for p in range(hidden // width):
+                                    for j in T.vectorized(width):
+                                        acc[0, j] = (
+                                            acc[0, j]
+                                            + T.Cast("float32", w_values[row, p * width + j])
+                                            * h[t % 2, b, p * width + j]
+                                        )
+                                for p in range(hidden - main):
+                                    gate[g, v] = (
+                                        gate[g, v]
+                                        + T.Cast("float32", w_values[row, main + p]) * h[t % 2, b, main + p]
+                                    )
+                            else:
+                                start: T.let = w_indptr[row]
+                                count: T.let = w_indptr[row + 1] - start
+                                for q in range(count // chains):
+                                    for a in T.unroll(chains):
+                                        p: T.let = start + q * chains + a
+                                        for j in T.vectorized(width):
+                                            acc[a, j] = (
+                                                acc[a, j]
+                                                + T.Cast("float32", w_values[p * width + j, 0, 0])
+                                                * h[t % 2, b, T.Cast("int32", w_indices[p * width + j])]
+                                            )
+                                for q in range(count % chains):
+                                    p: T.let = start + count // chains * chains + q
+                                    for j in T.vectorized(width):
+                                        acc[0, j] = (
+                                            acc[0, j]
                                             + T.Cast("float32", w_values[p * width + j, 0, 0])
                                             * h[t % 2, b, T.Cast("int32", w_indices[p * width + j])]
                                         )
-                            for q in range(count % chains):
-                                p: T.let = start + count // chains * chains + q
+                            for a in T.unroll(1, chains):
                                 for j in T.vectorized(width):
-                                    acc[0, j] = (
-                                        acc[0, j]
-                                        + T.Cast("float32", w_values[p * width + j, 0, 0])
-                                        * h[t % 2, b, T.Cast("int32", w_indices[p * width + j])]
-                                    )
-                        for a in T.unroll(1, chains):
-                            for j in T.vectorized(width):
-                                acc[0, j] = acc[0, j] + acc[a, j]
-                        for j in T.unroll(width):
-                            gate[g, v] = gate[g, v] + acc[0, j]
+                                    acc[0, j] = acc[0, j] + acc[a, j]
+                            for j in T.unroll(width):
+                                gate[g, v] = gate[g, v] + acc[0, j]
                     if lstm:
                         for v in T.vectorized(vec):
                             c[b, first + v] = sigmoid(gate[1, v]) * c[b, first + v] + sigmoid(
